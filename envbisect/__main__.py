@@ -1,0 +1,3 @@
+from envbisect.cli import run_cli
+
+run_cli()

@@ -1,0 +1,184 @@
+"""envbisect's own side of the broker: check it, send the probe message, read
+queue state, delete the probe's queues.
+
+Messages are declared and sent with dramatiq's own broker classes, so the
+queues carry exactly the arguments the worker's dramatiq declares. Every
+connection has short socket/handshake timeouts: a broker that accepts the TCP
+connection and then never answers must not hang envbisect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from envbisect.errors import BrokerError
+
+if TYPE_CHECKING:
+    from dramatiq import Message
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+_TIMEOUT = 5  # seconds: connect, handshake, and any single call
+
+# pika and dramatiq log every refused connection at ERROR; we report it ourselves.
+for _noisy in ("pika", "dramatiq"):
+    logging.getLogger(_noisy).setLevel(logging.CRITICAL)
+
+
+def mask(url: str) -> str:
+    """The URL with its password replaced by ``***``, for anything printed or written."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = urllib.parse.quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What the broker says about the probe queue, read while the worker is alive."""
+
+    ready: int  #: messages waiting for a consumer
+    consumers: int  #: consumers registered on the queue (-1 when the broker cannot tell)
+    unacked: int = -1  #: delivered, not acknowledged (-1 when the broker cannot tell)
+
+
+class BrokerClient(ABC):
+    """The operations envbisect needs on a broker, whatever its kind."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def masked(self) -> str:
+        return mask(self.url)
+
+    @abstractmethod
+    def check(self) -> None:
+        """Connect once; raise :class:`BrokerError` with one clear line if we cannot."""
+
+    @abstractmethod
+    def send(self, queue: str, token: str) -> None:
+        """Declare ``queue`` (and its delay/dead-letter queues) and enqueue one probe message."""
+
+    @abstractmethod
+    def state(self, queue: str) -> QueueState | None:
+        """The queue's state, or None when it does not exist or cannot be read."""
+
+    @abstractmethod
+    def delete(self, queue: str) -> None:
+        """Delete the queue and everything dramatiq made for it."""
+
+
+def connect(url: str) -> BrokerClient:
+    """The client for this URL's scheme."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme in ("amqp", "amqps"):
+        return RabbitClient(url)
+    if scheme in ("redis", "rediss", "unix"):
+        from envbisect.broker_redis import RedisClient
+
+        return RedisClient(url)
+    raise BrokerError(
+        f"unsupported broker URL scheme {scheme!r} in {mask(url)} (amqp://, redis://)"
+    )
+
+
+def probe_message(queue: str, token: str) -> Message[Any]:
+    """The dramatiq message the probe actor consumes."""
+    from dramatiq import Message
+
+    return Message(
+        queue_name=queue, actor_name="envbisect_probe", args=(token,), kwargs={}, options={}
+    )
+
+
+class RabbitClient(BrokerClient):
+    """RabbitMQ over AMQP 0-9-1 (pika), with dramatiq's queue layout."""
+
+    def _url(self) -> str:
+        parts = urllib.parse.urlsplit(self.url)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        for key in ("socket_timeout", "stack_timeout", "blocked_connection_timeout"):
+            query.setdefault(key, str(_TIMEOUT))
+        query.setdefault("connection_attempts", "1")
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    @contextlib.contextmanager
+    def _channel(self) -> Iterator[object]:
+        import pika
+        import pika.exceptions
+
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self._url()))
+        except pika.exceptions.ProbableAuthenticationError as exc:
+            raise BrokerError(f"RabbitMQ at {self.masked} refused the credentials") from exc
+        except pika.exceptions.ProbableAccessDeniedError as exc:
+            raise BrokerError(f"RabbitMQ at {self.masked} denied access to the vhost") from exc
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerError(f"cannot reach RabbitMQ at {self.masked}: {_reason(exc)}") from exc
+        try:
+            yield connection.channel()
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def check(self) -> None:
+        with self._channel():
+            pass
+
+    def send(self, queue: str, token: str) -> None:
+        import pika.exceptions
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=self._url(), middleware=[])
+        try:
+            broker.declare_queue(queue)
+            broker.enqueue(probe_message(queue, token))
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerError(f"cannot send to RabbitMQ at {self.masked}: {_reason(exc)}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                broker.close()
+
+    def state(self, queue: str) -> QueueState | None:
+        import pika.exceptions
+
+        try:
+            with self._channel() as channel:
+                frame = channel.queue_declare(queue, passive=True)  # type: ignore[attr-defined]
+        except (pika.exceptions.AMQPError, BrokerError):
+            return None
+        return QueueState(ready=frame.method.message_count, consumers=frame.method.consumer_count)
+
+    def delete(self, queue: str) -> None:
+        import pika.exceptions
+
+        with self._channel() as channel:
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                try:
+                    channel.queue_delete(name)  # type: ignore[attr-defined]
+                except pika.exceptions.ChannelClosedByBroker:
+                    channel = _reopen(channel)
+
+
+def _reopen(channel: object) -> object:
+    return channel.connection.channel()  # type: ignore[attr-defined]
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if "ConnectionRefused" in text or "Connection refused" in text:
+        return "connection refused"
+    if "timed out" in text.lower() or "Timeout" in text:
+        return "no answer (timed out)"
+    return " ".join(text.split())[:200]

@@ -1,0 +1,78 @@
+"""Redis as the probe's broker, with dramatiq's RedisBroker key layout."""
+
+from __future__ import annotations
+
+import contextlib
+
+from envbisect.broker import _TIMEOUT, BrokerClient, QueueState, probe_message
+from envbisect.errors import BrokerError
+
+_NAMESPACE = "dramatiq"
+
+
+class RedisClient(BrokerClient):
+    """Redis: messages in ``dramatiq:<queue>`` (ids) and ``…msgs`` (bodies)."""
+
+    def _client(self) -> object:
+        import redis
+
+        return redis.Redis.from_url(
+            self.url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT
+        )
+
+    def _call(self, what: str, action: object) -> object:
+        import redis
+
+        try:
+            return action()  # type: ignore[operator]
+        except redis.AuthenticationError as exc:
+            raise BrokerError(f"Redis at {self.masked} refused the credentials") from exc
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerError(f"cannot {what} Redis at {self.masked}: {exc}") from exc
+
+    def check(self) -> None:
+        client = self._client()
+        self._call("reach", lambda: client.ping())  # type: ignore[attr-defined]
+
+    def send(self, queue: str, token: str) -> None:
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=self.url, middleware=[], socket_timeout=_TIMEOUT)  # type: ignore[no-untyped-call]
+        try:
+            broker.declare_queue(queue)
+            self._call("send to", lambda: broker.enqueue(probe_message(queue, token)))
+        finally:
+            with contextlib.suppress(Exception):
+                broker.close()
+
+    def state(self, queue: str) -> QueueState | None:
+        client = self._client()
+        try:
+            ready = int(self._call("read", lambda: client.llen(f"{_NAMESPACE}:{queue}")))  # type: ignore[attr-defined, call-overload]
+            ack_keys = self._ack_keys(client, queue)
+            unacked = sum(int(client.scard(key)) for key in ack_keys)  # type: ignore[attr-defined, misc]
+        except BrokerError:
+            return None
+        return QueueState(ready=ready, consumers=-1, unacked=unacked)
+
+    def delete(self, queue: str) -> None:
+        client = self._client()
+        keys = [
+            f"{_NAMESPACE}:{queue}{suffix}"
+            for suffix in ("", ".msgs", ".DQ", ".DQ.msgs", ".XQ", ".XQ.msgs")
+        ]
+        keys += self._ack_keys(client, queue)
+        self._call("clean up", lambda: client.delete(*keys))  # type: ignore[attr-defined]
+
+    def forget_worker(self, broker_id: str) -> None:
+        """Drop a killed worker's heartbeat, which it could not remove itself."""
+        client = self._client()
+        self._call(
+            "clean up",
+            lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", broker_id),  # type: ignore[attr-defined]
+        )
+
+    def _ack_keys(self, client: object, queue: str) -> list[str]:
+        pattern = f"{_NAMESPACE}:__acks__.*.{queue}"
+        found = self._call("read", lambda: list(client.scan_iter(match=pattern)))  # type: ignore[attr-defined]
+        return [key.decode() if isinstance(key, bytes) else str(key) for key in found]  # type: ignore[attr-defined]

@@ -1,0 +1,393 @@
+"""Build and remove throwaway environments: uv and pip behind one interface.
+
+A trial env is always built the same way (:meth:`Workspace.build`): create an
+empty virtualenv from the target interpreter, then install an exact list of
+wheel files with no dependency resolution and no network. The installer
+backends also resolve an unpinned good set and fetch the wheels the bad env
+cannot provide. Every command runs through :mod:`envbisect.processes`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from envbisect import processes
+from envbisect.errors import EnvironmentBuildError, InputError
+from envbisect.probes.base import TrialEnv
+
+
+class Installer(ABC):
+    """Creates envs, installs wheels, resolves and fetches: one backend per tool."""
+
+    name: str = ""
+
+    def __init__(self, cache_dir: Path, logs: Path) -> None:
+        self.cache_dir = cache_dir
+        self.logs = logs
+
+    @abstractmethod
+    def create(self, path: Path, python: Path) -> None:
+        """An empty virtualenv at ``path`` from the base interpreter ``python``."""
+
+    @abstractmethod
+    def install(self, env: Path, wheels: Sequence[Path]) -> None:
+        """Install exactly these wheel files: no dependencies, no index."""
+
+    @abstractmethod
+    def resolve(
+        self, requirements: Path, output: Path, python: Path, find_links: Path, offline: bool
+    ) -> None:
+        """Pin ``requirements`` into ``output``; pins already in ``output`` are preferred."""
+
+    @abstractmethod
+    def fetch(self, pins: Sequence[str], target: Path, python: Path, find_links: Path) -> None:
+        """Install ``pins`` (no deps) into the plain directory ``target`` from the index."""
+
+    @abstractmethod
+    def install_requirements(self, env: Path, requirements: Path) -> None:
+        """Install a pinned requirements file as it stands (no deps): materialise a frozen set."""
+
+    def _run(self, what: str, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log", dir=self.logs)
+        os.close(fd)
+        done = processes.run(argv, env=env, log=Path(name), timeout=1800)
+        if done.returncode != 0:
+            raise EnvironmentBuildError(f"{what} failed: {_summary(done.output)}")
+        return done.output
+
+
+def _summary(output: str) -> str:
+    """The line of an installer's output that says what went wrong."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for marker in ("\u00d7", "error:", "ERROR:", "No solution", "Because", "╰─▶"):
+        hits = [line for line in lines if marker in line]
+        if hits:
+            text = " ".join(hits[:3])
+            break
+    else:
+        text = lines[-1] if lines else "no output"
+    if "No space left on device" in output:
+        text = "no space left on device"
+    return " ".join(text.replace("╰─▶", "").replace("\u00d7", "").split())[:400]
+
+
+class UvInstaller(Installer):
+    """uv: fast creation, hardlinks from its cache, a real resolver."""
+
+    name = "uv"
+
+    def __init__(self, cache_dir: Path, logs: Path) -> None:
+        super().__init__(cache_dir, logs)
+        from uv import find_uv_bin
+
+        self.uv = find_uv_bin()
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        env.update(
+            UV_CACHE_DIR=str(self.cache_dir / "uv"),
+            UV_PYTHON_DOWNLOADS="never",
+            UV_NO_PROGRESS="1",
+        )
+        return env
+
+    def create(self, path: Path, python: Path) -> None:
+        self._run(
+            "creating a virtualenv",
+            [self.uv, "venv", "--quiet", "--no-config", "--python", str(python), str(path)],
+            self._env(),
+        )
+
+    def install(self, env: Path, wheels: Sequence[Path]) -> None:
+        if not wheels:
+            return
+        self._run(
+            "installing wheels",
+            [
+                self.uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--no-config",
+                "--no-deps",
+                "--offline",
+                "--link-mode",
+                "hardlink",
+                "--python",
+                str(env / "bin" / "python"),
+                *map(str, wheels),
+            ],
+            self._env(),
+        )
+
+    def resolve(
+        self, requirements: Path, output: Path, python: Path, find_links: Path, offline: bool
+    ) -> None:
+        argv = [
+            self.uv,
+            "pip",
+            "compile",
+            "--quiet",
+            "--no-config",
+            "--no-header",
+            "--no-annotate",
+            "--python",
+            str(python),
+            "--find-links",
+            str(find_links),
+            "--output-file",
+            str(output),
+            str(requirements),
+        ]
+        if offline:
+            argv[4:4] = ["--no-index", "--offline"]
+        self._run(f"resolving {requirements}", argv, self._env())
+
+    def fetch(self, pins: Sequence[str], target: Path, python: Path, find_links: Path) -> None:
+        self._run(
+            f"fetching {', '.join(pins)}",
+            [
+                self.uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--no-config",
+                "--no-deps",
+                "--python",
+                str(python),
+                "--find-links",
+                str(find_links),
+                "--target",
+                str(target),
+                *pins,
+            ],
+            self._env(),
+        )
+
+    def install_requirements(self, env: Path, requirements: Path) -> None:
+        self._run(
+            f"installing {requirements}",
+            [
+                self.uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--no-config",
+                "--no-deps",
+                "--python",
+                str(env / "bin" / "python"),
+                "-r",
+                str(requirements),
+            ],
+            self._env(),
+        )
+
+
+class PipInstaller(Installer):
+    """virtualenv + pip (run from envbisect's env with ``--python``), pip-tools to resolve."""
+
+    name = "pip"
+
+    def _pip(self, python: Path, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "--disable-pip-version-check",
+            *args,
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        env["PIP_CACHE_DIR"] = str(self.cache_dir / "pip")
+        return env
+
+    def create(self, path: Path, python: Path) -> None:
+        from virtualenv import cli_run
+
+        try:
+            cli_run(
+                [
+                    str(path),
+                    "--python",
+                    str(python),
+                    "--no-seed",
+                    "--no-periodic-update",
+                    "--quiet",
+                ],
+                setup_logging=False,
+            )
+        except (RuntimeError, OSError, SystemExit) as exc:
+            raise EnvironmentBuildError(f"creating a virtualenv at {path} failed: {exc}") from exc
+
+    def install(self, env: Path, wheels: Sequence[Path]) -> None:
+        if wheels:
+            self._run(
+                "installing wheels",
+                self._pip(
+                    env / "bin" / "python",
+                    "install",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-index",
+                    *map(str, wheels),
+                ),
+                self._env(),
+            )
+
+    def resolve(
+        self, requirements: Path, output: Path, python: Path, find_links: Path, offline: bool
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "piptools",
+            "compile",
+            "--quiet",
+            "--no-header",
+            "--no-annotate",
+            "--strip-extras",
+            "--find-links",
+            str(find_links),
+            "--output-file",
+            str(output),
+            str(requirements),
+        ]
+        if offline:
+            argv.insert(4, "--no-index")
+        self._run(f"resolving {requirements}", argv, self._env())
+
+    def fetch(self, pins: Sequence[str], target: Path, python: Path, find_links: Path) -> None:
+        self._run(
+            f"fetching {', '.join(pins)}",
+            self._pip(
+                python,
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--find-links",
+                str(find_links),
+                "--target",
+                str(target),
+                *pins,
+            ),
+            self._env(),
+        )
+
+    def install_requirements(self, env: Path, requirements: Path) -> None:
+        self._run(
+            f"installing {requirements}",
+            self._pip(
+                env / "bin" / "python", "install", "--quiet", "--no-deps", "-r", str(requirements)
+            ),
+            self._env(),
+        )
+
+
+def installer(kind: str, cache_dir: Path, logs: Path) -> Installer:
+    """The installer backend by name: ``uv`` or ``pip``."""
+    if kind == "uv":
+        return UvInstaller(cache_dir, logs)
+    if kind == "pip":
+        return PipInstaller(cache_dir, logs)
+    raise InputError(f"--installer must be uv or pip, not {kind!r}")
+
+
+@dataclass(frozen=True)
+class BuildTimings:
+    create: float
+    install: float
+
+    @property
+    def total(self) -> float:
+        return self.create + self.install
+
+
+class Workspace:
+    """A private temp directory holding every env and scratch dir of one run.
+
+    Removing envs happens on a background thread, off the search's critical
+    path; :meth:`close` waits for it and removes the whole directory unless
+    the user asked to keep the envs.
+    """
+
+    def __init__(self, installer: Installer, *, keep: bool = False) -> None:
+        self.installer = installer
+        self.python = Path(sys.executable)  #: set to the bad side's interpreter once known
+        self.keep = keep
+        # mkdtemp makes it 0700: the envs and sockets are private to the user.
+        self.root = Path(tempfile.mkdtemp(prefix="envbisect-"))
+        self._remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envbisect-rm")
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def _slot(self, label: str) -> Path:
+        with self._lock:
+            self._count += 1
+            return self.root / f"{self._count:03d}-{label}"
+
+    def build(self, wheels: Sequence[Path], label: str) -> tuple[TrialEnv, BuildTimings]:
+        """A fresh env with exactly these wheels, plus a scratch dir for its probe."""
+        slot = self._slot(label)
+        scratch = slot / "s"
+        scratch.mkdir(parents=True)
+        path = slot / "env"
+        started = time.monotonic()
+        self.installer.create(path, self.python)
+        created = time.monotonic()
+        self.installer.install(path, wheels)
+        installed = time.monotonic()
+        return TrialEnv(path=path, scratch=scratch), BuildTimings(
+            created - started, installed - created
+        )
+
+    def discard(self, trial: TrialEnv) -> None:
+        """Remove a trial env in the background (kept with ``keep``)."""
+        if self.keep:
+            return
+        slot = trial.path.parent
+        with self._lock:
+            self._pending.append(self._remover.submit(_remove_tree, slot))
+
+    def scratch(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def close(self) -> None:
+        """Wait for pending removals; remove the workspace unless keeping envs."""
+        self._remover.shutdown(wait=True)
+        if not self.keep:
+            _remove_tree(self.root)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_make_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
+
+
+def _make_writable_and_retry(func: Callable[[str], object], name: str, _: object) -> None:
+    # A package may leave read-only files or directories behind.
+    os.chmod(name, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
+    func(name)

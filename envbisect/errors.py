@@ -1,0 +1,73 @@
+"""envbisect's exception types and the exit codes they map to.
+
+Errors a user can cause are raised where they are detected, as one of these
+types, and turned into one clean line plus an exit code only at the CLI edge.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented process exit codes (see README, "Exit codes")."""
+
+    OK = 0  #: culprit found (run) / candidate passes (gate)
+    REGRESSION = 1  #: gate: the candidate fails and the culprit change was found
+    USAGE = 2  #: bad command line or bad input (path, requirement file, option)
+    GOOD_FAILS = 3  #: the good set already fails the probe
+    BAD_PASSES = 4  #: the bad set does not fail the probe: nothing to bisect
+    BROKER = 5  #: broker unreachable, refused the credentials, or never answered
+    INCONSISTENT = 6  #: no minimal failing set: results disagree (flaky or non-monotone)
+    ENVIRONMENT = 7  #: an environment could not be built (unsatisfiable set, missing wheel, disk)
+    TIME_LIMIT = 8  #: --max-time was reached before the search finished
+    INTERRUPTED = 130  #: SIGINT (Ctrl-C); everything was cleaned up
+    TERMINATED = 143  #: SIGTERM; everything was cleaned up
+
+
+class EnvbisectError(Exception):
+    """Base class: a problem to report as one line, with an exit code."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+
+class InputError(EnvbisectError):
+    """A path, requirement file, lock file or option that cannot be used."""
+
+    exit_code = ExitCode.USAGE
+
+
+class BrokerError(EnvbisectError):
+    """The broker cannot be reached, refuses us, or does not answer."""
+
+    exit_code = ExitCode.BROKER
+
+
+class EnvironmentBuildError(EnvbisectError):
+    """A trial environment could not be resolved, fetched or installed."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class GoodFailsError(EnvbisectError):
+    """The good set fails the probe, so it cannot serve as the baseline."""
+
+    exit_code = ExitCode.GOOD_FAILS
+
+
+class BadPassesError(EnvbisectError):
+    """The bad set passes the probe, so there is nothing to find."""
+
+    exit_code = ExitCode.BAD_PASSES
+
+
+class InconsistentError(EnvbisectError):
+    """The probe results do not single out a minimal failing set."""
+
+    exit_code = ExitCode.INCONSISTENT
+
+
+class TimeLimitError(EnvbisectError):
+    """The whole run went past --max-time."""
+
+    exit_code = ExitCode.TIME_LIMIT

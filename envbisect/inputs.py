@@ -1,0 +1,289 @@
+"""Read what the user points at: a live virtualenv or a requirements file.
+
+A live virtualenv is read with :mod:`importlib.metadata` pointed at its
+site-packages (never by importing its code); its interpreter is asked, with
+``-I -S`` so no ``.pth`` hook of the env runs, for its version, paths and PEP
+508 marker environment. Requirement files are parsed by pip's own parser
+(through pip-tools), so ``-r``/``-c`` includes, ``--hash`` options and line
+continuations mean what they mean to pip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import packaging
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import NormalizedName, canonicalize_name
+
+from envbisect.errors import InputError
+
+# Files an installer writes into a dist-info: they differ between pip, uv and
+# a repack of the same wheel, so they do not count towards a distribution's content.
+INSTALLER_FILES = frozenset(
+    {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"}
+)
+
+_PACKAGING_ROOT = str(Path(packaging.__file__).parent.parent)
+_INTERPRETER_QUERY = """
+import json, sys, sysconfig
+from packaging.markers import default_environment
+# Without `site`, sys.prefix is the base interpreter's: name the venv's paths explicitly.
+venv = {"base": sys.argv[1], "platbase": sys.argv[1]}
+scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
+print(json.dumps({
+    "version": ".".join(map(str, sys.version_info[:3])),
+    "base_executable": getattr(sys, "_base_executable", sys.executable),
+    "purelib": sysconfig.get_path("purelib", scheme, venv),
+    "platlib": sysconfig.get_path("platlib", scheme, venv),
+    "markers": default_environment(),
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python a side runs on: what trial environments are created from."""
+
+    executable: Path  #: a base interpreter (not a venv's) to create trial envs from
+    version: str
+    markers: Mapping[str, str] = field(hash=False, compare=False)
+
+    @property
+    def minor(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+
+@dataclass(frozen=True)
+class InstalledDistribution:
+    """One distribution installed in a live environment."""
+
+    name: NormalizedName
+    display_name: str
+    version: str
+    requires: tuple[str, ...]  #: raw Requires-Dist lines, markers not yet evaluated
+    dist_info: Path | None  #: the .dist-info directory; None when not repackable (egg-info)
+    site_packages: Path
+    editable: bool
+    content_digest: str  #: hash of RECORD minus installer files: same digest, same files
+
+    @property
+    def pin(self) -> str:
+        return f"{self.display_name}=={self.version}"
+
+
+@dataclass(frozen=True)
+class InstalledEnv:
+    """A live virtualenv: its interpreter and what is installed in it."""
+
+    path: Path
+    interpreter: Interpreter
+    site_packages: tuple[Path, ...]
+    distributions: Mapping[NormalizedName, InstalledDistribution]
+
+
+@dataclass(frozen=True)
+class RequirementLine:
+    """One requirement from a requirements file, with where it came from."""
+
+    requirement: Requirement | None  #: None for an editable/URL line without a name
+    text: str
+    origin: str  #: "file (line N)", as pip reports it
+    hashes: tuple[str, ...] = ()
+    editable: bool = False
+
+    @property
+    def name(self) -> NormalizedName | None:
+        return canonicalize_name(self.requirement.name) if self.requirement else None
+
+    @property
+    def pinned_version(self) -> str | None:
+        """The exact version for ``name==X`` (or ``===X``), else None."""
+        if self.requirement is None or self.requirement.url:
+            return None
+        specs = list(self.requirement.specifier)
+        if len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version:
+            return specs[0].version
+        return None
+
+
+@dataclass(frozen=True)
+class RequirementFile:
+    """A parsed requirements file (``pip freeze`` output or a hand-written set)."""
+
+    path: Path
+    lines: tuple[RequirementLine, ...]
+
+    @property
+    def pinned(self) -> bool:
+        return all(line.pinned_version is not None for line in self.lines)
+
+
+def is_virtualenv(path: Path) -> bool:
+    return path.is_dir() and (path / "pyvenv.cfg").is_file()
+
+
+def read_venv(path: Path) -> InstalledEnv:
+    """Read a live virtualenv's interpreter and installed distributions."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if not is_virtualenv(path):
+        raise InputError(f"{path}: not a virtualenv (no pyvenv.cfg)")
+    python = path / "bin" / "python"
+    if not python.exists():
+        raise InputError(f"{path}: the virtualenv's interpreter is gone ({python} does not exist)")
+    info = query_interpreter(python, label=str(path))
+    site_packages = tuple(dict.fromkeys(Path(info[key]) for key in ("purelib", "platlib")))
+    interpreter = Interpreter(
+        executable=Path(info["base_executable"]).resolve(),
+        version=info["version"],
+        markers=info["markers"],
+    )
+    return InstalledEnv(
+        path=path,
+        interpreter=interpreter,
+        site_packages=site_packages,
+        distributions=read_distributions(site_packages),
+    )
+
+
+def query_interpreter(python: Path, *, label: str) -> dict[str, Any]:
+    """Ask an interpreter (isolated, no site) for its version, paths and markers."""
+    # -I -S: no PYTHONPATH, no site, so none of the env's .pth hooks run. envbisect's
+    # own `packaging` is put on sys.path by hand; nothing of the env is imported.
+    script = f"import sys; sys.path.insert(0, {_PACKAGING_ROOT!r})\n{_INTERPRETER_QUERY}"
+    try:
+        done = subprocess.run(
+            [str(python), "-I", "-S", "-c", script, str(python.parent.parent)],
+            env={"PATH": os.defpath},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as exc:
+        raise InputError(f"{label}: cannot run its interpreter {python}: {exc.strerror}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise InputError(f"{label}: its interpreter {python} did not answer in 60 s") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InputError(f"{label}: its interpreter {python} failed: {last}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def read_distributions(
+    site_packages: tuple[Path, ...],
+) -> dict[NormalizedName, InstalledDistribution]:
+    """Installed distributions under these directories, first one wins as on sys.path."""
+    found: dict[NormalizedName, InstalledDistribution] = {}
+    for dist in metadata.distributions(path=[str(p) for p in site_packages]):
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        key = canonicalize_name(name)
+        if key not in found:
+            found[key] = _installed(dist, name, key)
+    return found
+
+
+def _installed(
+    dist: metadata.Distribution, name: str, key: NormalizedName
+) -> InstalledDistribution:
+    site = Path(str(dist.locate_file("")))
+    dist_info = _dist_info_dir(dist)
+    record = dist.read_text("RECORD") if dist_info else None
+    direct_url = dist.read_text("direct_url.json")
+    editable = False
+    if direct_url:
+        with contextlib.suppress(ValueError, AttributeError):
+            editable = bool(json.loads(direct_url).get("dir_info", {}).get("editable"))
+    return InstalledDistribution(
+        name=key,
+        display_name=name,
+        version=dist.version,
+        requires=tuple(dist.requires or ()),
+        dist_info=dist_info if record is not None else None,
+        site_packages=site,
+        editable=editable,
+        content_digest=content_digest(record or f"{name}=={dist.version}"),
+    )
+
+
+def _dist_info_dir(dist: metadata.Distribution) -> Path | None:
+    for entry in dist.files or ():
+        parent = entry.parent
+        if parent.name.endswith(".dist-info") and entry.name == "METADATA":
+            return Path(str(dist.locate_file(parent)))
+    return None
+
+
+def content_digest(record: str) -> str:
+    """A digest of a RECORD that ignores what installers add (bytecode, scripts, markers)."""
+    rows = []
+    for line in record.splitlines():
+        path = line.split(",", 1)[0]
+        base = path.rsplit("/", 1)[-1]
+        if not path or path.endswith(".pyc") or path.startswith(".."):
+            continue
+        if ".dist-info/" in path and base in INSTALLER_FILES:
+            continue
+        rows.append(line)
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
+
+
+def read_requirement_file(path: Path) -> RequirementFile:
+    """Parse a requirements file with pip's parser; errors name the file and line."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir():
+        raise InputError(f"{path}: a directory, but not a virtualenv (no pyvenv.cfg)")
+    # pip's parser is heavy to import; only pay for it when a file is read.
+    from pip._internal.exceptions import PipError
+    from pip._internal.network.session import PipSession
+    from piptools._compat import parse_requirements
+
+    lines: list[RequirementLine] = []
+    try:
+        for parsed in parse_requirements(str(path), session=PipSession()):
+            lines.append(_requirement_line(parsed))
+    except (PipError, InvalidRequirement, ValueError, UnicodeDecodeError, LookupError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: {message}") from exc
+    if not lines:
+        raise InputError(f"{path}: no requirements in the file")
+    return RequirementFile(path=path, lines=tuple(lines))
+
+
+def _requirement_line(parsed: object) -> RequirementLine:
+    req = getattr(parsed, "req", None)
+    origin = str(getattr(parsed, "comes_from", "") or "").removeprefix("-r ")
+    link = getattr(parsed, "link", None)
+    text = str(req) if req is not None else str(getattr(link, "url", ""))
+    requirement = None
+    if req is not None:
+        try:
+            requirement = Requirement(str(req))
+        except InvalidRequirement as exc:
+            raise InputError(f"{origin}: {exc}") from exc
+    hashes = tuple(
+        f"{algo}:{digest}"
+        for algo, digests in sorted(getattr(parsed, "hash_options", {}).items())
+        for digest in digests
+    )
+    return RequirementLine(
+        requirement=requirement,
+        text=text,
+        origin=origin,
+        hashes=hashes,
+        editable=bool(getattr(parsed, "editable", False)),
+    )

@@ -1,0 +1,173 @@
+"""What every probe shares: the trial it runs in, its result, and its interface."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from envbisect.processes import RUN_TOKEN_VAR
+from envbisect.search import Outcome
+
+
+class Diagnosis(StrEnum):
+    """Why a probe came out the way it did, told apart by evidence."""
+
+    CONSUMED = "consumed"  #: the actor ran inside the trial env
+    CRASHED = "crashed"  #: the worker exited (status and last stderr lines kept)
+    NEVER_READY = "never-ready"  #: the worker process is up but never finished booting
+    NOT_DELIVERED = "not-delivered"  #: worker ready, message still ready on the broker
+    DELIVERED_NOT_RUN = "delivered-not-run"  #: delivered (unacked), the actor never ran
+    CONSUMER_ERRORS = "consumer-errors"  #: the worker keeps restarting its consumer
+    EXIT_STATUS = "exit-status"  #: a command probe's exit status decided
+    TIMED_OUT = "timed-out"  #: a command probe ran past its time limit
+    SKIPPED = "skipped"  #: a command probe said "untestable" (exit 125)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe run: the verdict, why, and what was seen."""
+
+    outcome: Outcome
+    diagnosis: Diagnosis
+    detail: str  #: one line for humans
+    evidence: tuple[str, ...] = ()  #: last lines of the worker/command output
+    timings: Mapping[str, float] = field(default_factory=dict)  #: boot / wait / stop seconds
+    exit_status: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialEnv:
+    """A materialised trial environment and a private scratch directory for its probe."""
+
+    path: Path
+    scratch: Path
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def environ(self, token: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment a process in this trial runs with: the user's, pointed at the env."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
+        }
+        env["VIRTUAL_ENV"] = str(self.path)
+        env["PATH"] = f"{self.path / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+        env[RUN_TOKEN_VAR] = token
+        env.update(extra or {})
+        return env
+
+
+class Limits:
+    """Time limits for one probe, which the runner may tighten while probes run.
+
+    The consume-probe reads them on every wake-up, so the bad-set sanity probe,
+    started together with the good one, picks up the adaptive limit as soon as
+    the good probe has measured a healthy worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        boot: float = 60.0,
+        consume: float = 30.0,
+        grace: float = 0.5,
+        command: float = 600.0,
+        hard_deadline: float | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._boot, self._consume = boot, consume
+        self.grace = grace  #: SIGTERM → SIGKILL
+        self.command = command  #: a command probe's whole run
+        self.hard_deadline = hard_deadline  #: time.monotonic() by which everything must end
+
+    @property
+    def boot(self) -> float:
+        """Worker start → ready."""
+        with self._lock:
+            return self._boot
+
+    @property
+    def consume(self) -> float:
+        """Worker ready → actor ran."""
+        with self._lock:
+            return self._consume
+
+    def tighten(self, *, boot: float, consume: float) -> None:
+        with self._lock:
+            self._boot, self._consume = min(self._boot, boot), min(self._consume, consume)
+
+    def left(self) -> float:
+        """Seconds before the run's hard deadline (infinite without --max-time)."""
+        if self.hard_deadline is None:
+            return float("inf")
+        return self.hard_deadline - time.monotonic()
+
+
+class Later:
+    """Clean-up a probe leaves for after its verdict, run in order off the critical path.
+
+    The runner runs the steps on a background thread (and waits for all of them
+    before the run ends); a step that fails does not stop the ones after it.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], object]] = []
+
+    def add(self, step: Callable[[], object]) -> None:
+        self._steps.append(step)
+
+    def run(self) -> list[BaseException]:
+        """Run every step; the exceptions raised, if any."""
+        failures: list[BaseException] = []
+        for step in self._steps:
+            try:
+                step()
+            except Exception as exc:  # each step must get its turn
+                failures.append(exc)
+        self._steps.clear()
+        return failures
+
+
+class Probe(ABC):
+    """Runs in a trial environment and says pass or fail, with evidence."""
+
+    #: short name shown in reports ("consume", "command", "import")
+    kind: str = ""
+
+    @abstractmethod
+    def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
+        """Probe the trial env. ``token`` is unique to this probe run: it names its
+        broker queues and marks its processes (see :mod:`envbisect.processes`). Clean-up
+        that need not delay the verdict goes to ``later``."""
+
+    @abstractmethod
+    def settings(self) -> str:
+        """What, besides the package set, decides the outcome (for the outcome cache)."""
+
+    def check(self) -> None:  # noqa: B027 - most probes have nothing to check
+        """Fail early, with one clear line, when the probe cannot run at all."""
+
+    def unusable(self, result: ProbeResult) -> str | None:
+        """Why this result of the good set shows the probe itself cannot work, if it does."""
+        return None
+
+    def describe(self) -> str:
+        return self.kind
+
+
+def tail(path: Path, lines: int = 20) -> tuple[str, ...]:
+    """The last lines of a log file, for evidence."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ()
+    return tuple(text.splitlines()[-lines:])

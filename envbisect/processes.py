@@ -1,0 +1,247 @@
+"""The one way envbisect starts a child process.
+
+Every child gets its own session (so its own process group) and carries a
+run token in its environment. Stopping it means SIGTERM to the whole group, a
+short grace, then SIGKILL to the group: a worker stalled inside gevent's hub
+ignores SIGTERM, and only the group signal reaches the forked worker
+processes. Descendants that escaped the group (``setsid`` and a double fork)
+are found by the run token in ``/proc/<pid>/environ`` and killed by pid; with
+envbisect registered as a child subreaper they are re-parented to us, so we can
+reap them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_TOKEN_VAR = "ENVBISECT_RUN_TOKEN"
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Ask Linux to re-parent our orphaned descendants to us (best effort)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a child ended when we stopped it."""
+
+    returncode: int | None
+    killed: bool  #: True when SIGTERM was not enough and SIGKILL was needed
+
+
+class ShuttingDown(RuntimeError):
+    """No new child may start: the run is being interrupted."""
+
+
+class Child:
+    """A child process in its own process group, always stopped and reaped."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        output: Path | None = None,
+        stdin_devnull: bool = True,
+    ) -> None:
+        if _STOPPING.is_set():
+            raise ShuttingDown("envbisect is shutting down")
+        self.argv = list(argv)
+        out = open(output, "ab") if output is not None else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._popen = subprocess.Popen(
+                self.argv,
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL if stdin_devnull else None,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()
+        self.pid = self._popen.pid
+        self.started = time.monotonic()
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(self.pid)
+        _REGISTRY.add(self)
+
+    def pidfd(self) -> int | None:
+        """A file descriptor that becomes readable when the child exits (Linux)."""
+        return self._pidfd
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to ``timeout`` seconds; the exit status, or None if still running."""
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 1.0) -> Stopped:
+        """SIGTERM the group, wait ``grace`` seconds, SIGKILL the group, reap."""
+        killed = False
+        if self._popen.poll() is None or _group_alive(self.pid):
+            _signal_group(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if self._popen.poll() is not None and not _group_alive(self.pid):
+                    break
+                time.sleep(0.02)
+            else:
+                killed = True
+            # Whatever is left of the group (forked workers, grandchildren) goes now.
+            _signal_group(self.pid, signal.SIGKILL)
+            self._popen.wait()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        _REGISTRY.discard(self)
+        return Stopped(self._popen.returncode, killed)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The result of a command run to completion (or to its time limit)."""
+
+    argv: tuple[str, ...]
+    returncode: int | None  #: None when it hit the time limit and was stopped
+    output: str
+    seconds: float
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    log: Path,
+) -> Finished:
+    """Run a command to completion in its own process group, output to ``log``."""
+    started = time.monotonic()
+    child = Child(argv, env=dict(os.environ if env is None else env), cwd=cwd, output=log)
+    try:
+        code = child.wait(timeout)
+    finally:
+        stopped = child.stop(grace=0.5)
+    if code is None and stopped.returncode is not None and timeout is None:
+        code = stopped.returncode
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return Finished(tuple(argv), code, text, time.monotonic() - started)
+
+
+class _Registry:
+    """Every live child of this process, so an interrupt can stop them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._children: set[Child] = set()
+
+    def add(self, child: Child) -> None:
+        with self._lock:
+            self._children.add(child)
+
+    def discard(self, child: Child) -> None:
+        with self._lock:
+            self._children.discard(child)
+
+    def snapshot(self) -> list[Child]:
+        with self._lock:
+            return list(self._children)
+
+
+_REGISTRY = _Registry()
+_STOPPING = threading.Event()
+
+
+def stop_all(grace: float = 0.5) -> None:
+    """Stop every child still running (used on interrupt and at exit)."""
+    for child in _REGISTRY.snapshot():
+        child.stop(grace)
+
+
+def shutdown() -> None:
+    """Refuse new children from now on and stop the running ones (on SIGINT/SIGTERM)."""
+    _STOPPING.set()
+    for child in _REGISTRY.snapshot():
+        _signal_group(child.pid, signal.SIGKILL)
+
+
+def reset() -> None:
+    """Allow children again (a new run in the same process, e.g. in tests)."""
+    _STOPPING.clear()
+
+
+def processes_with_token(token: str) -> list[int]:
+    """Pids of live processes whose run token is ``token`` or starts with ``token-``."""
+    exact = f"{RUN_TOKEN_VAR}={token}".encode()
+    prefix = exact + b"-"
+    pids = []
+    for pid in _pids():
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if any(v == exact or v.startswith(prefix) for v in environ) and not _is_zombie(pid):
+                pids.append(pid)
+    return pids
+
+
+def kill_stragglers(token: str) -> list[int]:
+    """SIGKILL every process that still carries ``token`` and reap ours; return their pids."""
+    found = processes_with_token(token)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in found:
+        # Re-parented to us (subreaper): reap so no zombie stays behind.
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)
+    return found
+
+
+def _pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            yield int(entry)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"

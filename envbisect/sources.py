@@ -1,0 +1,217 @@
+"""Turn ``--bad`` and ``--good`` into pinned packages, each with a wheel on disk.
+
+The bad side is the source of truth: a live env is read and repacked as it is
+installed; a frozen requirements file is first installed as it stands (no
+dependency resolution) into a scratch env, then read the same way. The good
+side is resolved to exact pins preferring the bad side's versions (the pins
+are offered to the resolver as its existing output), offline from the bad
+side's wheels first and from the index only when that cannot satisfy it;
+versions the bad side does not have are fetched once and repacked too.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import NormalizedName, canonicalize_name
+
+from envbisect.delta import Package
+from envbisect.envs import Installer, Workspace
+from envbisect.errors import EnvironmentBuildError, InputError
+from envbisect.inputs import (
+    InstalledDistribution,
+    Interpreter,
+    RequirementFile,
+    is_virtualenv,
+    query_interpreter,
+    read_distributions,
+    read_requirement_file,
+    read_venv,
+)
+from envbisect.wheels import NotRepackable, Wheel, WheelCache
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the comparison: pinned packages, each with a wheel."""
+
+    label: str
+    packages: Mapping[NormalizedName, Package]
+    wheels: Mapping[NormalizedName, Path]
+    interpreter: Interpreter
+    root_extras: Mapping[NormalizedName, frozenset[str]]
+
+
+class Sources:
+    """Reads both sides and provides their wheels (repacked, cached, or fetched)."""
+
+    def __init__(
+        self, installer: Installer, cache: WheelCache, workspace: Workspace, say: Say
+    ) -> None:
+        self.installer = installer
+        self.cache = cache
+        self.workspace = workspace
+        self.say = say
+        self.wheelhouse = workspace.scratch("wheelhouse")
+
+    def bad(self, path: Path, python: Path | None) -> Side:
+        """The failing side: a live virtualenv or a frozen requirements file."""
+        if is_virtualenv(path):
+            env = read_venv(path)
+            self.say(f"read {len(env.distributions)} distributions from {path}")
+            return self._side(str(path), env.distributions.values(), env.interpreter, {})
+        if path.is_dir() or not path.exists():
+            read_venv(path)  # raises the right one-line error
+        requirements = read_requirement_file(path)
+        loose = [
+            line
+            for line in requirements.lines
+            if line.pinned_version is None
+            and not (line.editable or (line.requirement and line.requirement.url))
+        ]
+        if loose:
+            raise InputError(
+                f"{loose[0].origin}: --bad requirements must be pinned like `pip freeze` "
+                f"output, got {loose[0].text!r}"
+            )
+        interpreter = self.interpreter(python)
+        scratch = self.workspace.scratch("bad-env")
+        self.installer.create(scratch, interpreter.executable)
+        self.installer.install_requirements(scratch, path)
+        env = read_venv(scratch)
+        self.say(f"installed {len(env.distributions)} pinned distributions from {path}")
+        return self._side(str(path), env.distributions.values(), interpreter, {})
+
+    def good(self, path: Path, bad: Side) -> Side:
+        """The working side: a live virtualenv or a requirements file, pinned or not."""
+        if is_virtualenv(path):
+            env = read_venv(path)
+            if env.interpreter.minor != bad.interpreter.minor:
+                raise InputError(
+                    f"{path}: Python {env.interpreter.version}, but the bad side runs "
+                    f"{bad.interpreter.version}; compare envs of one Python version"
+                )
+            return self._side(str(path), env.distributions.values(), bad.interpreter, {})
+        requirements = read_requirement_file(path)
+        pins = self._resolve(requirements, bad)
+        reused = {
+            name: bad.packages[name]
+            for name, version in pins.items()
+            if name in bad.packages and bad.packages[name].version == version
+        }
+        missing = [f"{name}=={version}" for name, version in pins.items() if name not in reused]
+        fetched = self._fetch(missing, bad.interpreter) if missing else {}
+        packages = {**reused, **{name: pkg for name, (pkg, _) in fetched.items()}}
+        wheels = {name: bad.wheels[name] for name in reused}
+        wheels.update({name: wheel for name, (_, wheel) in fetched.items()})
+        extras: dict[NormalizedName, frozenset[str]] = {}
+        for line in requirements.lines:
+            if line.requirement and line.requirement.extras and line.name:
+                extras[line.name] = frozenset(canonicalize_name(x) for x in line.requirement.extras)
+        return Side(str(path), packages, wheels, bad.interpreter, extras)
+
+    def interpreter(self, python: Path | None) -> Interpreter:
+        """The interpreter trial envs are made from when no live env names one."""
+        executable = python or Path(getattr(sys, "_base_executable", sys.executable))
+        info = query_interpreter(executable, label=str(executable))
+        return Interpreter(
+            executable=Path(info["base_executable"]).resolve(),
+            version=info["version"],
+            markers=info["markers"],
+        )
+
+    def _resolve(self, requirements: RequirementFile, bad: Side) -> dict[NormalizedName, str]:
+        output = self.workspace.scratch("resolve") / "good.txt"
+        # The resolver keeps pins already in its output file where it can: the bad side's.
+        output.write_text(
+            "".join(f"{p.display_name}=={p.version}\n" for p in bad.packages.values())
+        )
+        python = bad.interpreter.executable
+        try:
+            self.installer.resolve(requirements.path, output, python, self.wheelhouse, offline=True)
+        except EnvironmentBuildError:
+            self.say("the bad side's versions cannot satisfy the good set; asking the index")
+            try:
+                self.installer.resolve(
+                    requirements.path, output, python, self.wheelhouse, offline=False
+                )
+            except EnvironmentBuildError as exc:
+                raise EnvironmentBuildError(
+                    f"the good set {requirements.path} cannot be resolved: {exc}"
+                ) from exc
+        resolved = read_requirement_file(output)
+        pins = {
+            line.name: line.pinned_version
+            for line in resolved.lines
+            if line.name is not None and line.pinned_version is not None
+        }
+        self.say(f"resolved {requirements.path} to {len(pins)} pins")
+        return pins
+
+    def _fetch(
+        self, pins: list[str], interpreter: Interpreter
+    ) -> dict[NormalizedName, tuple[Package, Path]]:
+        self.say(f"fetching {len(pins)} distribution(s) the bad side does not have")
+        staging = self.workspace.scratch(f"fetch-{len(pins)}-{abs(hash(tuple(pins)))}")
+        self.installer.fetch(pins, staging, interpreter.executable, self.wheelhouse)
+        dists = read_distributions((staging,))
+        return {
+            name: (_package(dist), wheel.path)
+            for name, (dist, wheel) in self._repack(dists.values(), interpreter).items()
+        }
+
+    def _side(
+        self,
+        label: str,
+        dists: Iterable[InstalledDistribution],
+        interpreter: Interpreter,
+        extras: Mapping[NormalizedName, frozenset[str]],
+    ) -> Side:
+        repacked = self._repack(dists, interpreter)
+        packages = {name: _package(dist) for name, (dist, _) in repacked.items()}
+        wheels = {name: wheel.path for name, (_, wheel) in repacked.items()}
+        return Side(label, packages, wheels, interpreter, extras)
+
+    def _repack(
+        self, dists: Iterable[InstalledDistribution], interpreter: Interpreter
+    ) -> dict[NormalizedName, tuple[InstalledDistribution, Wheel]]:
+        dists = list(dists)
+        repacked: dict[NormalizedName, tuple[InstalledDistribution, Wheel]] = {}
+        unpackable: list[InstalledDistribution] = []
+
+        def one(dist: InstalledDistribution) -> None:
+            try:
+                repacked[dist.name] = (dist, self.cache.repack(dist))
+            except NotRepackable:
+                unpackable.append(dist)
+
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="envbisect-repack") as pool:
+            list(pool.map(one, dists))
+        for _, wheel in repacked.values():
+            link = self.wheelhouse / wheel.path.name
+            if not link.exists():
+                link.symlink_to(wheel.path)
+        if unpackable:
+            pins = [dist.pin for dist in unpackable]
+            self.say(f"{len(pins)} distribution(s) cannot be repacked; fetching: {', '.join(pins)}")
+            staging = self.workspace.scratch("fetch-unrepackable")
+            self.installer.fetch(pins, staging, interpreter.executable, self.wheelhouse)
+            for name, dist in read_distributions((staging,)).items():
+                repacked[name] = (dist, self.cache.repack(dist))
+        return repacked
+
+
+def _package(dist: InstalledDistribution) -> Package:
+    return Package(
+        name=dist.name,
+        display_name=dist.display_name,
+        version=dist.version,
+        requires=dist.requires,
+        digest=dist.content_digest,
+    )

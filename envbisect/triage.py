@@ -1,0 +1,467 @@
+"""The procedure of one run, top to bottom.
+
+read both sides → work out the changes → confirm good passes and bad fails →
+delta-debug the changes → confirm the culprit set fails again with full time
+limits → hand a :class:`Finding` to the report. Each trial is a fresh env
+built from wheels and probed; trials of one search round run in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from packaging.utils import NormalizedName
+
+from envbisect import processes
+from envbisect.delta import Change, Delta, Package
+from envbisect.envs import BuildTimings, Workspace, installer
+from envbisect.errors import EnvbisectError, InputError, TimeLimitError
+from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
+from envbisect.search import Outcome, SearchResult, SearchStatus, bisect
+from envbisect.sources import Side, Sources
+from envbisect.wheels import WheelCache
+
+# Adaptive limits: wait this many times the healthy latency, never less than the floor.
+CONSUME_FACTOR, CONSUME_FLOOR = 10.0, 1.5
+BOOT_FACTOR, BOOT_FLOOR = 10.0, 10.0
+# The culprit set is confirmed with limits this much longer than the search's (at least
+# CONFIRM_FLOOR s): a worker that merely needed longer than the adaptive limit passes here.
+CONFIRM_FACTOR, CONFIRM_FLOOR = 4.0, 6.0
+
+
+class Verdict(StrEnum):
+    CULPRIT_FOUND = "culprit-found"
+    GOOD_FAILS = "good-fails"
+    BAD_PASSES = "bad-passes"
+    INCONSISTENT = "inconsistent"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run needs besides the probe."""
+
+    bad: Path
+    good: Path
+    cache_dir: Path
+    installer: str = "uv"
+    python: Path | None = None
+    jobs: int = 1
+    repeat: int = 1
+    keep_envs: bool = False
+    outcome_cache: bool = True
+    outcome_cache_dir: Path | None = None  #: default: <cache_dir>/outcomes
+    adaptive: bool = True  #: learn the failing-trial wait from the healthy good probe
+    timeout: float = 30.0  #: consume: ready → actor ran; command: the whole command
+    boot_timeout: float = 60.0  #: consume: worker start → ready
+    grace: float = 0.5  #: SIGTERM → SIGKILL
+    max_time: float | None = None
+
+    def limits(self, started: float) -> Limits:
+        """Fresh, full limits for this run."""
+        return Limits(
+            boot=self.boot_timeout,
+            consume=self.timeout,
+            grace=self.grace,
+            command=self.timeout,
+            hard_deadline=None if self.max_time is None else started + self.max_time,
+        )
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One probed package set."""
+
+    index: int
+    phase: str  #: "good", "bad", "search" or "confirm"
+    changes: frozenset[str]
+    outcome: Outcome
+    results: tuple[ProbeResult, ...]
+    env_seconds: float  #: waiting for the env on the critical path (0 when prebuilt in time)
+    build_seconds: float  #: building the env (create + install), wherever it happened
+    seconds: float
+    cached: bool = False
+
+    @property
+    def result(self) -> ProbeResult:
+        """The result that decided: the first failing one, else the first."""
+        failing = [r for r in self.results if r.outcome is Outcome.FAIL]
+        return (failing or list(self.results))[0]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a run found, ready to report."""
+
+    verdict: Verdict
+    delta: Delta
+    culprits: tuple[Change, ...]
+    trials: tuple[Trial, ...]
+    evidence: Trial | None  #: the trial whose output explains the verdict
+    seconds: float
+    probe: str
+    good: str
+    bad: str
+    installer: str
+    jobs: int
+    workspace: Path | None  #: kept envs live here (with --keep-envs)
+    note: str = ""
+    disagreements: tuple[frozenset[str], ...] = ()
+
+
+class Observer(Protocol):
+    """Progress callbacks; the report module implements them for the terminal."""
+
+    def say(self, text: str) -> None: ...
+
+    def trial_started(self, index: int, phase: str, size: int) -> None: ...
+
+    def trial_finished(self, trial: Trial) -> None: ...
+
+
+def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
+    """Run the whole procedure; raises :class:`EnvbisectError` on bad input."""
+    started = time.monotonic()
+    probe.check()
+    run_token = secrets.token_hex(4)
+    backend = installer(options.installer, options.cache_dir, options.cache_dir / "logs")
+    workspace = Workspace(backend, keep=options.keep_envs)
+    try:
+        sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
+        bad = sources.bad(options.bad, options.python)
+        good = sources.good(options.good, bad)
+        workspace.python = bad.interpreter.executable
+        delta = Delta(good.packages, bad.packages, bad.interpreter.markers, good.root_extras)
+        observer.say(_summary(delta))
+        runner = _Runner(options, probe, workspace, good, bad, delta, run_token, observer)
+        try:
+            return runner.run(started)
+        finally:
+            runner.close()
+    finally:
+        processes.stop_all()
+        processes.kill_stragglers(run_token)
+        workspace.close()
+
+
+def _summary(delta: Delta) -> str:
+    kinds: dict[str, int] = {}
+    for change in delta.changes:
+        kinds[change.kind.value] = kinds.get(change.kind.value, 0) + 1
+    parts = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    return f"{len(delta.changes)} changes between good and bad ({parts or 'none'})"
+
+
+class _Runner:
+    """Runs trials for the search: builds, probes, caches, times, reports progress."""
+
+    def __init__(
+        self,
+        options: Options,
+        probe: Probe,
+        workspace: Workspace,
+        good: Side,
+        bad: Side,
+        delta: Delta,
+        run_token: str,
+        observer: Observer,
+    ) -> None:
+        self.options = options
+        self.probe = probe
+        self.limits = options.limits(time.monotonic())
+        self.workspace = workspace
+        self.good = good
+        self.bad = bad
+        self.delta = delta
+        self.run_token = run_token
+        self.observer = observer
+        self.trials: list[Trial] = []
+        self._lock = threading.Lock()
+        self._count = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(2, options.jobs))
+        # Envs for the sets the search may test next, built while the current probe runs.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envbisect-pre")
+        self._prebuilt: dict[frozenset[str], Future[tuple[TrialEnv, BuildTimings]]] = {}
+        # Stopping healthy workers, deleting queues and envs: after the verdict, in order.
+        self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envbisect-clean")
+        self._cleanups: list[Future[list[BaseException]]] = []
+        self._outcomes = _OutcomeCache(
+            options.outcome_cache_dir or options.cache_dir / "outcomes",
+            enabled=options.outcome_cache,
+        )
+
+    def close(self) -> None:
+        """Wait for running trials and every clean-up; report clean-up failures."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._builder.shutdown(wait=True, cancel_futures=True)
+        self._drop_prebuilt(keep=())
+        self._cleaner.shutdown(wait=True)
+        for future in self._cleanups:
+            for failure in future.result():
+                self.observer.say(f"clean-up step failed: {failure}")
+
+    def run(self, started: float) -> Finding:
+        names = [change.name for change in self.delta.changes]
+        result = bisect(
+            names,
+            self.delta.closure,
+            self._oracle,
+            jobs=self.options.jobs,
+            prepare=self._prepare if self.options.jobs > 1 else None,
+        )
+        if result.status is SearchStatus.FOUND:
+            return self._confirm(result, started)
+        verdict = {
+            SearchStatus.GOOD_FAILS: Verdict.GOOD_FAILS,
+            SearchStatus.BAD_PASSES: Verdict.BAD_PASSES,
+            SearchStatus.INCONSISTENT: Verdict.INCONSISTENT,
+        }[result.status]
+        phase = {Verdict.GOOD_FAILS: "good", Verdict.BAD_PASSES: "bad"}.get(verdict)
+        evidence = next((t for t in self.trials if t.phase == phase), None)
+        return self._finding(verdict, (), evidence, started, disagreements=result.disagreements)
+
+    def _confirm(self, result: SearchResult, started: float) -> Finding:
+        """Re-run good + culprits with the full limits: a wrong culprit is worse than none."""
+        culprits = tuple(self.delta.change(n) for n in sorted(result.culprits))
+        self.observer.say("confirming: " + ", ".join(change.describe() for change in culprits))
+        confirm = self._trial(
+            result.failing_set, "confirm", self._confirm_limits(), use_cache=False
+        )
+        if confirm.outcome is not Outcome.FAIL:
+            return self._finding(
+                Verdict.INCONSISTENT,
+                culprits,
+                confirm,
+                started,
+                note=(
+                    f"the culprit set did not fail again ({confirm.outcome}) with full time "
+                    "limits; results disagree (flaky probe, or --timeout too tight)"
+                ),
+            )
+        note = "interaction: these fail only together" if len(culprits) > 1 else ""
+        return self._finding(Verdict.CULPRIT_FOUND, culprits, confirm, started, note=note)
+
+    def _finding(
+        self,
+        verdict: Verdict,
+        culprits: tuple[Change, ...],
+        evidence: Trial | None,
+        started: float,
+        *,
+        note: str = "",
+        disagreements: Sequence[frozenset[str]] = (),
+    ) -> Finding:
+        return Finding(
+            verdict=verdict,
+            delta=self.delta,
+            culprits=culprits,
+            trials=tuple(self.trials),
+            evidence=evidence,
+            seconds=time.monotonic() - started,
+            probe=self.probe.describe(),
+            good=self.good.label,
+            bad=self.bad.label,
+            installer=self.options.installer,
+            jobs=self.options.jobs,
+            workspace=self.workspace.root if self.options.keep_envs else None,
+            note=note,
+            disagreements=tuple(disagreements),
+        )
+
+    def _oracle(self, batch: Sequence[frozenset[str]]) -> list[Outcome]:
+        if self.limits.left() <= 0:
+            raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
+        phases = [self._phase(subset) for subset in batch]
+        futures = [
+            self._pool.submit(self._trial, subset, phase, self.limits)
+            for subset, phase in zip(batch, phases, strict=True)
+        ]
+        trials = [future.result() for future in futures]
+        if self.limits.left() <= 0:
+            raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
+        return [trial.outcome for trial in trials]
+
+    def _prepare(self, upcoming: Sequence[frozenset[str]]) -> None:
+        """Start building the envs of the sets the search may test next."""
+        self._drop_prebuilt(keep=upcoming)
+        for subset in upcoming:
+            if subset not in self._prebuilt:
+                wheels = self._wheels(self.delta.trial(subset))
+                label = f"pre{len(self._prebuilt) + self._count}"
+                self._prebuilt[subset] = self._builder.submit(self.workspace.build, wheels, label)
+
+    def _drop_prebuilt(self, keep: Sequence[frozenset[str]]) -> None:
+        for subset in [s for s in self._prebuilt if s not in keep]:
+            future = self._prebuilt.pop(subset)
+            if not future.cancel():
+                with contextlib.suppress(EnvbisectError):  # a failed build left nothing
+                    self.workspace.discard(future.result()[0])
+
+    def _phase(self, subset: frozenset[str]) -> str:
+        if not subset:
+            return "good"
+        if len(subset) == len(self.delta.changes) and not self.trials:
+            return "bad"
+        return "search"
+
+    def _trial(
+        self, subset: frozenset[str], phase: str, limits: Limits, *, use_cache: bool = True
+    ) -> Trial:
+        with self._lock:
+            self._count += 1
+            index = self._count
+        self.observer.trial_started(index, phase, len(subset))
+        packages = self.delta.trial(subset)
+        key = self._outcomes.key(packages, self.probe.settings(), self.options.repeat)
+        cached = self._outcomes.get(key) if use_cache else None
+        if cached is not None:
+            trial = Trial(
+                index, phase, subset, cached.outcome, (cached,), 0.0, 0.0, 0.0, cached=True
+            )
+        else:
+            trial = self._probe(index, phase, subset, packages, limits)
+            if trial.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.SKIP):
+                self._outcomes.put(key, trial.result, trial.outcome)
+        if phase == "good":
+            problem = self.probe.unusable(trial.result)
+            if problem is not None:
+                raise InputError(problem)
+            if trial.outcome is Outcome.PASS and self.options.adaptive:
+                self._learn(trial.result)
+        with self._lock:
+            self.trials.append(trial)
+        self.observer.trial_finished(trial)
+        return trial
+
+    def _probe(
+        self,
+        index: int,
+        phase: str,
+        subset: frozenset[str],
+        packages: Mapping[NormalizedName, Package],
+        limits: Limits,
+    ) -> Trial:
+        started = time.monotonic()
+        label = f"t{index:02d}"
+        prebuilt = self._prebuilt.pop(subset, None)
+        try:
+            if prebuilt is not None:
+                env, build = prebuilt.result()
+            else:
+                env, build = self.workspace.build(self._wheels(packages), label)
+        except EnvbisectError as exc:
+            error = ProbeResult(Outcome.ERROR, Diagnosis.CRASHED, f"env build failed: {exc}")
+            return Trial(
+                index, phase, subset, Outcome.ERROR, (error,), 0.0, 0.0, time.monotonic() - started
+            )
+        waited_for_env = time.monotonic() - started
+        later = Later()
+        try:
+            results = tuple(
+                self._run_probe(env, f"{label}r{n}", limits, later)
+                for n in range(self.options.repeat)
+            )
+        finally:
+            later.add(lambda: self.workspace.discard(env))
+            self._cleanups.append(self._cleaner.submit(later.run))
+        outcomes = {result.outcome for result in results}
+        outcome = outcomes.pop() if len(outcomes) == 1 else Outcome.FLAKY
+        return Trial(
+            index,
+            phase,
+            subset,
+            outcome,
+            results,
+            waited_for_env,
+            build.total,
+            time.monotonic() - started,
+        )
+
+    def _run_probe(self, env: TrialEnv, label: str, limits: Limits, later: Later) -> ProbeResult:
+        token = f"{self.run_token}-{label}"
+        try:
+            return self.probe.run(env, token, limits, later)
+        finally:
+            # After the worker is stopped: whatever it started that escaped its group.
+            later.add(lambda: processes.kill_stragglers(token))
+
+    def _wheels(self, packages: Mapping[NormalizedName, Package]) -> list[Path]:
+        return [
+            self.bad.wheels[name]
+            if self.bad.packages.get(name) == package
+            else self.good.wheels[name]
+            for name, package in sorted(packages.items())
+        ]
+
+    def _confirm_limits(self) -> Limits:
+        """Generous limits: the user's full ones, or many times the adaptive ones."""
+        limits = self.options.limits(time.monotonic())
+        limits.hard_deadline = self.limits.hard_deadline
+        limits.tighten(
+            boot=max(CONFIRM_FLOOR, CONFIRM_FACTOR * self.limits.boot),
+            consume=max(CONFIRM_FLOOR, CONFIRM_FACTOR * self.limits.consume),
+        )
+        return limits
+
+    def _learn(self, healthy: ProbeResult) -> None:
+        boot = healthy.timings.get("boot")
+        wait = healthy.timings.get("wait")
+        if boot is None or wait is None:
+            return
+        self.limits.tighten(
+            boot=max(BOOT_FLOOR, BOOT_FACTOR * boot),
+            consume=max(CONSUME_FLOOR, CONSUME_FACTOR * wait),
+        )
+        self.observer.say(
+            f"healthy worker: ready in {boot:.2f} s, consumed {wait * 1000:.0f} ms later; "
+            f"failing trials now wait {self.limits.consume:.1f} s"
+        )
+
+
+class _OutcomeCache:
+    """Outcomes by exact distribution set + probe settings, on disk across runs."""
+
+    def __init__(self, root: Path, *, enabled: bool) -> None:
+        self.root = root
+        self.enabled = enabled
+
+    def key(self, packages: Mapping[NormalizedName, Package], settings: str, repeat: int) -> str:
+        ident = [f"{p.name}=={p.version}#{p.digest}" for _, p in sorted(packages.items())]
+        blob = json.dumps({"packages": ident, "probe": settings, "repeat": repeat})
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> ProbeResult | None:
+        if not self.enabled:
+            return None
+        path = self.root / f"{key}.json"
+        try:
+            data = json.loads(path.read_text())
+            return ProbeResult(
+                outcome=Outcome(data["outcome"]),
+                diagnosis=Diagnosis(data["diagnosis"]),
+                detail=data["detail"],
+                evidence=tuple(data["evidence"]),
+                timings=data["timings"],
+                exit_status=data.get("exit_status"),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, result: ProbeResult, outcome: Outcome) -> None:
+        if not self.enabled:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = asdict(result) | {"outcome": outcome.value}
+        tmp = self.root / f".{key}.{secrets.token_hex(3)}"
+        tmp.write_text(json.dumps(data, default=str))
+        tmp.replace(self.root / f"{key}.json")

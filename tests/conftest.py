@@ -1,0 +1,125 @@
+"""Shared test set-up: fixture wheels and envs built once per session, debris checks.
+
+Integration tests use the machine's real RabbitMQ (and Redis), real virtualenvs
+and real installs. Expensive things are cached under ``build/``: the fixture
+wheels, the fixture envs (rebuilt only when their spec changes), and one
+envbisect cache dir (repacked wheels, uv's cache) shared by every test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+RUN_TOKEN_VAR = "ENVBISECT_RUN_TOKEN"
+
+
+@pytest.fixture(scope="session")
+def fixture_wheels() -> Path:
+    """Every package under fixtures/packages/, built into a wheel."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "fixtures" / "build.py"), "wheels"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def fixture_env(fixture_wheels: Path) -> Callable[[str], Path]:
+    """Build (once per spec change) the env of fixtures/envs/NAME.txt; return its path."""
+
+    def build(name: str) -> Path:
+        dest = BUILD / "fixtures" / "envs" / name
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "fixtures" / "build.py"),
+                "env",
+                name,
+                str(dest),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return dest
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """One envbisect --cache-dir for the whole session (and the next: it is only a cache)."""
+    path = BUILD / "test-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    url = os.environ.get("ENVBISECT_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    _require_listening(5672, "RabbitMQ (start it with `rabbitmq-server -detached`)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    _require_listening(6379, "Redis")
+    return "redis://127.0.0.1:6379/0"
+
+
+def _require_listening(port: int, what: str) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        pytest.fail(f"{what} is not listening on 127.0.0.1:{port}; integration tests need it")
+
+
+def envbisect_processes() -> list[int]:
+    """Live processes started by any envbisect run (they carry its run token)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(v.startswith(f"{RUN_TOKEN_VAR}=".encode()) for v in environ):
+            found.append(int(entry))
+    return found
+
+
+def envbisect_queues() -> list[str]:
+    """Queues on the local RabbitMQ that belong to envbisect probe runs."""
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60
+    )
+    return sorted(line for line in done.stdout.split() if line.startswith("envbisect_"))
+
+
+def envbisect_tempdirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("envbisect-*")}
+
+
+@pytest.fixture
+def no_debris() -> Iterator[None]:
+    """Fail the test if it leaves envbisect processes, queues or temp dirs behind."""
+    before_dirs = envbisect_tempdirs()
+    before_queues = set(envbisect_queues())
+    assert envbisect_processes() == [], "processes left over from an earlier test"
+    yield
+    assert envbisect_processes() == [], "envbisect left processes running"
+    assert set(envbisect_queues()) - before_queues == set(), "envbisect left queues behind"
+    assert envbisect_tempdirs() - before_dirs == set(), "envbisect left temp dirs"

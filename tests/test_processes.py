@@ -1,0 +1,73 @@
+"""The one subprocess helper: own process group, SIGTERM then SIGKILL, stragglers found."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from envbisect import processes
+from envbisect.processes import RUN_TOKEN_VAR, Child
+
+IGNORES_SIGTERM = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+ESCAPES = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()  # leave the process group, as a daemonising grandchild would
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+print("forked", flush=True)
+time.sleep(60)
+"""
+
+
+def wait_for(path: Path, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"{text!r} never appeared"
+        time.sleep(0.02)
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    child = Child([sys.executable, "-c", IGNORES_SIGTERM], env=dict(os.environ), output=log)
+    wait_for(log, "ready")
+    started = time.monotonic()
+    stopped = child.stop(grace=0.3)
+    assert stopped.killed
+    assert stopped.returncode == -9
+    assert time.monotonic() - started < 5
+    assert child.poll() is not None
+
+
+def test_stragglers_that_left_the_group_are_found_by_token(tmp_path: Path) -> None:
+    processes.become_subreaper()
+    log = tmp_path / "out.log"
+    env = dict(os.environ, **{RUN_TOKEN_VAR: "testtok-t01"})
+    child = Child([sys.executable, "-c", ESCAPES], env=env, output=log)
+    wait_for(log, "forked")
+    deadline = time.monotonic() + 10
+    while len(processes.processes_with_token("testtok")) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child.stop(grace=0.2)
+    escaped = processes.processes_with_token("testtok")
+    assert escaped, "the setsid grandchild survives a group kill"
+    assert processes.kill_stragglers("testtok") == escaped
+    assert processes.processes_with_token("testtok") == []
+
+
+def test_run_reports_exit_status_and_output(tmp_path: Path) -> None:
+    done = processes.run(
+        [sys.executable, "-c", "print('hi'); raise SystemExit(3)"], log=tmp_path / "log"
+    )
+    assert done.returncode == 3
+    assert done.output.strip() == "hi"
