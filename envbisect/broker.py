@@ -125,7 +125,10 @@ class RabbitClient(BrokerClient):
         except pika.exceptions.ProbableAccessDeniedError as exc:
             raise BrokerError(f"RabbitMQ at {self.masked} denied access to the vhost") from exc
         except (pika.exceptions.AMQPError, OSError) as exc:
-            raise BrokerError(f"cannot reach RabbitMQ at {self.masked}: {_reason(exc)}") from exc
+            raise BrokerError(
+                f"cannot reach RabbitMQ at {self.masked}: {_reason(exc)} (start it, e.g. "
+                "`rabbitmq-server -detached`, or point --broker-url / ENVBISECT_BROKER_URL at one)"
+            ) from exc
         try:
             yield connection.channel()
         finally:

@@ -327,12 +327,12 @@ class Workspace:
     the user asked to keep the envs.
     """
 
-    def __init__(self, installer: Installer, *, keep: bool = False) -> None:
+    def __init__(self, installer: Installer, run_token: str, *, keep: bool = False) -> None:
         self.installer = installer
         self.python = Path(sys.executable)  #: set to the bad side's interpreter once known
         self.keep = keep
         # mkdtemp makes it 0700: the envs and sockets are private to the user.
-        self.root = Path(tempfile.mkdtemp(prefix="envbisect-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"envbisect-{run_token}-"))
         self._remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envbisect-rm")
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -25,6 +26,15 @@ from pathlib import Path
 
 RUN_TOKEN_VAR = "ENVBISECT_RUN_TOKEN"
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def new_run_token() -> str:
+    """A token naming one run: its processes, queues and temp dirs carry it.
+
+    It starts with envbisect's pid, so an operator (or a test) can tell which
+    run a stray worker or queue came from.
+    """
+    return f"{os.getpid()}x{secrets.token_hex(3)}"
 
 
 def become_subreaper() -> bool:

@@ -133,9 +133,9 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     """Run the whole procedure; raises :class:`EnvbisectError` on bad input."""
     started = time.monotonic()
     probe.check()
-    run_token = secrets.token_hex(4)
+    run_token = processes.new_run_token()
     backend = installer(options.installer, options.cache_dir, options.cache_dir / "logs")
-    workspace = Workspace(backend, keep=options.keep_envs)
+    workspace = Workspace(backend, run_token, keep=options.keep_envs)
     try:
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
         bad = sources.bad(options.bad, options.python)

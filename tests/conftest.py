@@ -85,8 +85,14 @@ def _require_listening(port: int, what: str) -> None:
         pytest.fail(f"{what} is not listening on 127.0.0.1:{port}; integration tests need it")
 
 
+def run_token_prefix() -> str:
+    """Run tokens of envbisect runs started by this test process (see processes.new_run_token)."""
+    return f"{os.getpid()}x"
+
+
 def envbisect_processes() -> list[int]:
-    """Live processes started by any envbisect run (they carry its run token)."""
+    """Live processes started by envbisect runs of this test process (they carry its token)."""
+    needle = f"{RUN_TOKEN_VAR}={run_token_prefix()}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -96,30 +102,32 @@ def envbisect_processes() -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        if state != "Z" and any(v.startswith(f"{RUN_TOKEN_VAR}=".encode()) for v in environ):
+        if state != "Z" and any(v.startswith(needle) for v in environ):
             found.append(int(entry))
     return found
 
 
 def envbisect_queues() -> list[str]:
-    """Queues on the local RabbitMQ that belong to envbisect probe runs."""
+    """Queues on the local RabbitMQ that belong to envbisect runs of this test process."""
     done = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60
     )
-    return sorted(line for line in done.stdout.split() if line.startswith("envbisect_"))
+    prefix = f"envbisect_{run_token_prefix()}"
+    return sorted(line for line in done.stdout.split() if line.startswith(prefix))
 
 
 def envbisect_tempdirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("envbisect-*")}
+    """Temp dirs of envbisect runs of this test process."""
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"envbisect-{run_token_prefix()}*")}
 
 
 @pytest.fixture
 def no_debris() -> Iterator[None]:
     """Fail the test if it leaves envbisect processes, queues or temp dirs behind."""
-    before_dirs = envbisect_tempdirs()
-    before_queues = set(envbisect_queues())
     assert envbisect_processes() == [], "processes left over from an earlier test"
+    assert envbisect_queues() == [], "queues left over from an earlier test"
+    assert envbisect_tempdirs() == set(), "temp dirs left over from an earlier test"
     yield
     assert envbisect_processes() == [], "envbisect left processes running"
-    assert set(envbisect_queues()) - before_queues == set(), "envbisect left queues behind"
-    assert envbisect_tempdirs() - before_dirs == set(), "envbisect left temp dirs"
+    assert envbisect_queues() == [], "envbisect left queues behind"
+    assert envbisect_tempdirs() == set(), "envbisect left temp dirs"
