@@ -13,7 +13,7 @@ import contextlib
 import logging
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,16 +67,23 @@ class BrokerClient(ABC):
         """Connect once; raise :class:`BrokerError` with one clear line if we cannot."""
 
     @abstractmethod
-    def send(self, queue: str, token: str) -> None:
-        """Declare ``queue`` (and its delay/dead-letter queues) and enqueue one probe message."""
+    def send(
+        self,
+        queue: str,
+        actor: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        message_id: str,
+    ) -> None:
+        """Declare ``queue`` (and its delay/dead-letter queues) and enqueue one message."""
 
     @abstractmethod
     def state(self, queue: str) -> QueueState | None:
         """The queue's state, or None when it does not exist or cannot be read."""
 
     @abstractmethod
-    def delete(self, queue: str) -> None:
-        """Delete the queue and everything dramatiq made for it."""
+    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
+        """Delete the queue and everything dramatiq made for it (and for that worker)."""
 
 
 def connect(url: str) -> BrokerClient:
@@ -93,12 +100,19 @@ def connect(url: str) -> BrokerClient:
     )
 
 
-def probe_message(queue: str, token: str) -> Message[Any]:
-    """The dramatiq message the probe actor consumes."""
+def message(
+    queue: str, actor: str, args: Sequence[Any], kwargs: Mapping[str, Any], message_id: str
+) -> Message[Any]:
+    """A dramatiq message for ``actor`` on ``queue``, with a known id."""
     from dramatiq import Message
 
     return Message(
-        queue_name=queue, actor_name="envbisect_probe", args=(token,), kwargs={}, options={}
+        queue_name=queue,
+        actor_name=actor,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        options={},
+        message_id=message_id,
     )
 
 
@@ -139,14 +153,21 @@ class RabbitClient(BrokerClient):
         with self._channel():
             pass
 
-    def send(self, queue: str, token: str) -> None:
+    def send(
+        self,
+        queue: str,
+        actor: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        message_id: str,
+    ) -> None:
         import pika.exceptions
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         broker = RabbitmqBroker(url=self._url(), middleware=[])
         try:
             broker.declare_queue(queue)
-            broker.enqueue(probe_message(queue, token))
+            broker.enqueue(message(queue, actor, args, kwargs, message_id))
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise BrokerError(f"cannot send to RabbitMQ at {self.masked}: {_reason(exc)}") from exc
         finally:
@@ -163,7 +184,7 @@ class RabbitClient(BrokerClient):
             return None
         return QueueState(ready=frame.method.message_count, consumers=frame.method.consumer_count)
 
-    def delete(self, queue: str) -> None:
+    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
         import pika.exceptions
 
         with self._channel() as channel:

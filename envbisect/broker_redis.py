@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from envbisect.broker import _TIMEOUT, BrokerClient, QueueState, probe_message
+from envbisect.broker import _TIMEOUT, BrokerClient, QueueState, message
 from envbisect.errors import BrokerError
 
 _NAMESPACE = "dramatiq"
@@ -34,13 +36,27 @@ class RedisClient(BrokerClient):
         client = self._client()
         self._call("reach", lambda: client.ping())  # type: ignore[attr-defined]
 
-    def send(self, queue: str, token: str) -> None:
+    def send(
+        self,
+        queue: str,
+        actor: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        message_id: str,
+    ) -> None:
         from dramatiq.brokers.redis import RedisBroker
 
         broker = RedisBroker(url=self.url, middleware=[], socket_timeout=_TIMEOUT)  # type: ignore[no-untyped-call]
         try:
             broker.declare_queue(queue)
-            self._call("send to", lambda: broker.enqueue(probe_message(queue, token)))
+            probe = message(queue, actor, args, kwargs, message_id)
+            self._call("send to", lambda: broker.enqueue(probe))
+            # Enqueueing registered the sender as a "worker" (a heartbeat): unregister it.
+            client = self._client()
+            self._call(
+                "clean up",
+                lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", broker.broker_id),  # type: ignore[attr-defined]
+            )
         finally:
             with contextlib.suppress(Exception):
                 broker.close()
@@ -55,22 +71,20 @@ class RedisClient(BrokerClient):
             return None
         return QueueState(ready=ready, consumers=-1, unacked=unacked)
 
-    def delete(self, queue: str) -> None:
+    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
         client = self._client()
+        if worker_id is not None:
+            # A killed worker could not remove its own heartbeat.
+            self._call(
+                "clean up",
+                lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", worker_id),  # type: ignore[attr-defined]
+            )
         keys = [
             f"{_NAMESPACE}:{queue}{suffix}"
             for suffix in ("", ".msgs", ".DQ", ".DQ.msgs", ".XQ", ".XQ.msgs")
         ]
         keys += self._ack_keys(client, queue)
         self._call("clean up", lambda: client.delete(*keys))  # type: ignore[attr-defined]
-
-    def forget_worker(self, broker_id: str) -> None:
-        """Drop a killed worker's heartbeat, which it could not remove itself."""
-        client = self._client()
-        self._call(
-            "clean up",
-            lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", broker_id),  # type: ignore[attr-defined]
-        )
 
     def _ack_keys(self, client: object, queue: str) -> list[str]:
         pattern = f"{_NAMESPACE}:__acks__.*.{queue}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from envbisect.broker import DEFAULT_URL, connect, mask
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
-from envbisect.probes.consume import ConsumeProbe
+from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.report import ConsoleObserver, render, to_json, write_json
 from envbisect.triage import Options, Verdict, triage
 
@@ -62,6 +63,16 @@ ProbeCmdOpt = Annotated[
     typer.Option(help="Shell command run in each trial env: exit 0 good, 125 skip, else bad."),
 ]
 CwdOpt = Annotated[Path | None, typer.Option(help="Working directory for --probe-cmd.")]
+WorkerModuleOpt = Annotated[
+    str | None,
+    typer.Option(help="Probe your own Dramatiq worker module (e.g. ops_core.tasks.worker)."),
+]
+ActorOpt = Annotated[
+    str, typer.Option(help="The actor of --worker-module to run [default: its only actor].")
+]
+ArgsOpt = Annotated[
+    str, typer.Option(help="JSON arguments for --actor: a list (args) or an object (kwargs).")
+]
 BrokerOpt = Annotated[
     str,
     typer.Option(envvar="ENVBISECT_BROKER_URL", help="amqp:// or redis:// URL of the broker."),
@@ -111,6 +122,9 @@ def run(
     probe: ProbeOpt = "consume",
     probe_cmd: ProbeCmdOpt = None,
     cwd: CwdOpt = None,
+    worker_module: WorkerModuleOpt = None,
+    actor: ActorOpt = "",
+    args: ArgsOpt = "[]",
     broker_url: BrokerOpt = DEFAULT_URL,
     installer: InstallerOpt = "uv",
     cache_dir: CacheOpt = CACHE_DIR,
@@ -144,7 +158,7 @@ def run(
         boot_timeout=boot_timeout,
         max_time=max_time,
     )
-    the_probe = _probe(probe, probe_cmd, cwd, broker_url)
+    the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
     out = Console(highlight=False)
     progress = Console(stderr=True, highlight=False)
     progress.print(f"envbisect: bad={bad} good={good} probe={the_probe.describe()}")
@@ -161,17 +175,41 @@ def run(
     return int(code)
 
 
-def _probe(kind: str, command: str | None, cwd: Path | None, broker_url: str) -> Probe:
+def _probe(
+    kind: str, command: str | None, cwd: Path | None, broker_url: str, worker: UserWorker | None
+) -> Probe:
     if command is not None:
         return CommandProbe(command=command, cwd=cwd)
     if kind.startswith("import:"):
         return import_probe(kind.removeprefix("import:"))
     if kind in ("consume", "consume-async"):
-        return ConsumeProbe(broker=connect(broker_url), asyncio=kind == "consume-async")
+        return ConsumeProbe(
+            broker=connect(broker_url), asyncio=kind == "consume-async", worker=worker
+        )
     raise InputError(
         f"--probe must be consume, consume-async or import:pkg.mod, not {kind!r} "
         "(or give --probe-cmd)"
     )
+
+
+def _user_worker(module: str | None, actor: str, args: str) -> UserWorker | None:
+    if module is None:
+        if actor:
+            raise InputError("--actor needs --worker-module")
+        return None
+    if not all(part.isidentifier() for part in module.replace(":", ".").split(".")):
+        raise InputError(
+            f"--worker-module {module!r}: expected a module path like pkg.tasks.worker"
+        )
+    try:
+        parsed = json.loads(args)
+    except ValueError as exc:
+        raise InputError(f"--args {args!r}: not JSON ({exc})") from exc
+    if isinstance(parsed, list):
+        return UserWorker(module, actor, tuple(parsed), {})
+    if isinstance(parsed, dict):
+        return UserWorker(module, actor, (), parsed)
+    raise InputError(f"--args {args!r}: expected a JSON list (args) or object (kwargs)")
 
 
 def _writable_cache(path: Path) -> Path:

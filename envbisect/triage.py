@@ -26,7 +26,7 @@ from packaging.utils import NormalizedName
 from envbisect import processes
 from envbisect.delta import Change, Delta, Package
 from envbisect.envs import BuildTimings, Workspace, installer
-from envbisect.errors import EnvbisectError, InputError, TimeLimitError
+from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect
 from envbisect.sources import Side, Sources
@@ -221,14 +221,51 @@ class _Runner:
         )
         if result.status is SearchStatus.FOUND:
             return self._confirm(result, started)
-        verdict = {
-            SearchStatus.GOOD_FAILS: Verdict.GOOD_FAILS,
-            SearchStatus.BAD_PASSES: Verdict.BAD_PASSES,
-            SearchStatus.INCONSISTENT: Verdict.INCONSISTENT,
-        }[result.status]
-        phase = {Verdict.GOOD_FAILS: "good", Verdict.BAD_PASSES: "bad"}.get(verdict)
-        evidence = next((t for t in self.trials if t.phase == phase), None)
-        return self._finding(verdict, (), evidence, started, disagreements=result.disagreements)
+        if result.status is SearchStatus.INCONSISTENT:
+            return self._finding(
+                Verdict.INCONSISTENT,
+                (),
+                None,
+                started,
+                note="the results do not single out a minimal failing set" + self._flaky_note(),
+                disagreements=result.disagreements,
+            )
+        return self._sanity_failed(result.status, started)
+
+    def _sanity_failed(self, status: SearchStatus, started: float) -> Finding:
+        """The good set did not pass, or the bad set did not fail: say exactly how."""
+        phase, expected, verdict = {
+            SearchStatus.GOOD_FAILS: ("good", Outcome.FAIL, Verdict.GOOD_FAILS),
+            SearchStatus.BAD_PASSES: ("bad", Outcome.PASS, Verdict.BAD_PASSES),
+        }[status]
+        trial = next(t for t in self.trials if t.phase == phase)
+        if trial.result.diagnosis is Diagnosis.ENV_BUILD:
+            raise EnvironmentBuildError(f"the {phase} set: {trial.result.detail}")
+        if trial.outcome is expected:
+            return self._finding(verdict, (), trial, started)
+        runs = ", ".join(r.outcome.value for r in trial.results)
+        what = {
+            Outcome.FLAKY: f"is flaky: its {len(trial.results)} runs disagree ({runs})",
+            Outcome.SKIP: "is untestable: the probe skipped it (exit 125)",
+            Outcome.ERROR: f"could not be probed: {trial.result.detail}",
+        }[trial.outcome]
+        return self._finding(
+            Verdict.INCONSISTENT,
+            (),
+            trial,
+            started,
+            note=f"the {phase} set {what}",
+            disagreements=(trial.changes,),
+        )
+
+    def _flaky_note(self) -> str:
+        flaky = [t for t in self.trials if t.outcome is Outcome.FLAKY]
+        if not flaky:
+            return ""
+        listed = "; ".join(
+            f"trial {t.index} ({', '.join(r.outcome.value for r in t.results)})" for t in flaky
+        )
+        return f"; flaky trials: {listed}"
 
     def _confirm(self, result: SearchResult, started: float) -> Finding:
         """Re-run good + culprits with the full limits: a wrong culprit is worse than none."""
@@ -238,17 +275,23 @@ class _Runner:
             result.failing_set, "confirm", self._confirm_limits(), use_cache=False
         )
         if confirm.outcome is not Outcome.FAIL:
+            suspects = ", ".join(change.describe() for change in culprits)
+            runs = ", ".join(r.outcome.value for r in confirm.results)
             return self._finding(
                 Verdict.INCONSISTENT,
-                culprits,
+                (),
                 confirm,
                 started,
                 note=(
-                    f"the culprit set did not fail again ({confirm.outcome}) with full time "
-                    "limits; results disagree (flaky probe, or --timeout too tight)"
+                    f"the suspected set ({suspects}) did not fail again with generous time "
+                    f"limits ({runs}): the probe is flaky, or --timeout is too tight"
+                    + self._flaky_note()
                 ),
+                disagreements=(result.failing_set,),
             )
         note = "interaction: these fail only together" if len(culprits) > 1 else ""
+        flaky = self._flaky_note().removeprefix("; ")
+        note = "; ".join(part for part in (note, flaky and f"worked around {flaky}") if part)
         return self._finding(Verdict.CULPRIT_FOUND, culprits, confirm, started, note=note)
 
     def _finding(
@@ -286,7 +329,12 @@ class _Runner:
             self._pool.submit(self._trial, subset, phase, self.limits)
             for subset, phase in zip(batch, phases, strict=True)
         ]
-        trials = [future.result() for future in futures]
+        try:
+            trials = [future.result() for future in futures]
+        except BaseException:
+            # This run is over: its other trials need not run to their time limits.
+            processes.stop_all()
+            raise
         if self.limits.left() <= 0:
             raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
         return [trial.outcome for trial in trials]
@@ -360,7 +408,7 @@ class _Runner:
             else:
                 env, build = self.workspace.build(self._wheels(packages), label)
         except EnvbisectError as exc:
-            error = ProbeResult(Outcome.ERROR, Diagnosis.CRASHED, f"env build failed: {exc}")
+            error = ProbeResult(Outcome.ERROR, Diagnosis.ENV_BUILD, f"env build failed: {exc}")
             return Trial(
                 index, phase, subset, Outcome.ERROR, (error,), 0.0, 0.0, time.monotonic() - started
             )

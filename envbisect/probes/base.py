@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,9 +25,11 @@ class Diagnosis(StrEnum):
     NOT_DELIVERED = "not-delivered"  #: worker ready, message still ready on the broker
     DELIVERED_NOT_RUN = "delivered-not-run"  #: delivered (unacked), the actor never ran
     CONSUMER_ERRORS = "consumer-errors"  #: the worker keeps restarting its consumer
+    ACTOR_ERROR = "actor-error"  #: the actor ran and raised
     EXIT_STATUS = "exit-status"  #: a command probe's exit status decided
     TIMED_OUT = "timed-out"  #: a command probe ran past its time limit
     SKIPPED = "skipped"  #: a command probe said "untestable" (exit 125)
+    ENV_BUILD = "env-build-failed"  #: the trial env could not be built
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class ProbeResult:
     evidence: tuple[str, ...] = ()  #: last lines of the worker/command output
     timings: Mapping[str, float] = field(default_factory=dict)  #: boot / wait / stop seconds
     exit_status: int | None = None
+    #: The probe itself could not be set up in this env (a missing worker module, a
+    #: command that does not exist): not a verdict on the packages.
+    setup_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ class TrialEnv:
     @property
     def python(self) -> Path:
         return self.path / "bin" / "python"
+
+    def run_dir(self) -> Path:
+        """A fresh directory for one probe run (repeats of a trial share the env, not this)."""
+        return Path(tempfile.mkdtemp(prefix="p", dir=self.scratch))
 
     def environ(self, token: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment a process in this trial runs with: the user's, pointed at the env."""
@@ -158,7 +168,7 @@ class Probe(ABC):
 
     def unusable(self, result: ProbeResult) -> str | None:
         """Why this result of the good set shows the probe itself cannot work, if it does."""
-        return None
+        return result.setup_error
 
     def describe(self) -> str:
         return self.kind

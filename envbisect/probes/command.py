@@ -41,19 +41,15 @@ class CommandProbe(Probe):
         if self.cwd is not None and not self.cwd.is_dir():
             raise InputError(f"--cwd {self.cwd}: not a directory")
 
-    def unusable(self, result: ProbeResult) -> str | None:
-        if result.exit_status == NOT_FOUND_STATUS:
-            return f"--probe-cmd {self.command!r}: command not found in the trial env"
-        return None
-
     def argv(self, trial: TrialEnv) -> Sequence[str]:
         # A shell command by design: the user's probe may use pipes, &&, globs.
         return ["/bin/sh", "-c", self.command]
 
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
-        log = trial.scratch / "command.log"
+        run_dir = trial.run_dir()
+        log = run_dir / "command.log"
         child = Child(
-            self.argv(trial), env=trial.environ(token), cwd=self.cwd or trial.scratch, output=log
+            self.argv(trial), env=trial.environ(token), cwd=self.cwd or run_dir, output=log
         )
         code = child.wait(min(limits.command, max(limits.left(), 0.0)))
         stopped = child.stop(limits.grace)
@@ -86,6 +82,17 @@ class CommandProbe(Probe):
                 evidence,
                 timings,
                 exit_status=0,
+            )
+        if code == NOT_FOUND_STATUS:
+            problem = f"--probe-cmd {self.command!r}: command not found in the trial env"
+            return ProbeResult(
+                Outcome.ERROR,
+                Diagnosis.EXIT_STATUS,
+                problem,
+                evidence,
+                timings,
+                exit_status=code,
+                setup_error=problem,
             )
         if code == SKIP_STATUS:
             return ProbeResult(

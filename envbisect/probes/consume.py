@@ -1,26 +1,30 @@
 """The consume-probe: a real Dramatiq worker in the trial env must consume a real message.
 
-The message is sent first (from envbisect, with envbisect's dramatiq), then the
-worker starts with ``python -m dramatiq envbisect_probe`` inside the trial env.
-The probe module reports ``ready`` and ``ran`` over a Unix datagram socket; the
-wait is event-driven (the socket and a pidfd for the worker's exit), never a
-sleep. A worker that never gets ready, dies, or never runs the actor fails the
-probe; the queue state read from the broker while the worker is still alive
-tells the ways apart. Whatever happens, the worker's process group is stopped
-and the probe's queues are deleted.
+The worker starts with ``python -m dramatiq envbisect_probe`` inside the trial
+env (or with the user's own worker module first, see ``probe_module``). The
+message is sent from envbisect with envbisect's dramatiq, to a queue unique to
+this probe run. The probe module reports ``ready`` and ``ran`` over a Unix
+datagram socket; the wait is event-driven (the socket and a pidfd for the
+worker's exit), never a sleep. A worker that never gets ready, dies, or never
+runs the actor fails the probe; the queue state read from the broker while the
+worker is still alive tells the ways apart. Whatever happens, the worker's
+process group is stopped and the probe's queues are deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import selectors
 import shutil
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from envbisect.broker import BrokerClient, QueueState
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv, tail
@@ -28,7 +32,22 @@ from envbisect.processes import Child, Stopped
 from envbisect.search import Outcome
 
 PROBE_MODULE = Path(__file__).with_name("probe_module.py")
+BUILTIN_ACTOR = "envbisect_probe"
 _CONSUMER_ERROR = re.compile(r"Consumer encountered|Restarting consumer")
+
+
+@dataclass(frozen=True)
+class UserWorker:
+    """The user's own worker module and actor, probed instead of the built-in actor."""
+
+    module: str  #: e.g. ``ops_core.tasks.worker`` (or ``module:broker``)
+    actor: str = ""  #: empty: the module's only actor
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def package(self) -> str:
+        return self.module.split(":")[0].split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -37,108 +56,256 @@ class ConsumeProbe(Probe):
 
     broker: BrokerClient
     asyncio: bool = False
+    worker: UserWorker | None = None
     kind: str = "consume"
 
     def describe(self) -> str:
         flavour = "consume-async" if self.asyncio else "consume"
+        if self.worker is not None:
+            actor = f":{self.worker.actor}" if self.worker.actor else ""
+            flavour = f"consume via {self.worker.module}{actor}"
         return f"{flavour} on {self.broker.masked}"
 
     def settings(self) -> str:
-        return f"{self.describe()} probe-module={_module_digest()}"
+        worker = "" if self.worker is None else f" {self.worker.args!r} {self.worker.kwargs!r}"
+        digest = hashlib.sha256(PROBE_MODULE.read_bytes()).hexdigest()[:12]
+        return f"{self.describe()}{worker} probe-module={digest}"
 
     def check(self) -> None:
         self.broker.check()
 
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
         queue = f"envbisect_{token}"
-        module_dir = trial.scratch / "probe"
-        module_dir.mkdir(parents=True, exist_ok=True)
+        message_id = str(uuid.uuid4())
+        run_dir = trial.run_dir()
+        module_dir = run_dir / "probe"
+        module_dir.mkdir()
         shutil.copyfile(PROBE_MODULE, module_dir / "envbisect_probe.py")
-        log = trial.scratch / "worker.log"
-        address = trial.scratch / "events.sock"
-        environ = trial.environ(
-            token,
-            {
-                "PYTHONPATH": str(module_dir),
-                "ENVBISECT_PROBE_SOCKET": str(address),
-                "ENVBISECT_PROBE_QUEUE": queue,
-                "ENVBISECT_BROKER_URL": self.broker.url,
-                "ENVBISECT_PROBE_ASYNC": "1" if self.asyncio else "0",
-            },
-        )
-        argv = [str(trial.python), "-m", "dramatiq", "envbisect_probe", "-p", "1", "-t", "1"]
+        log = run_dir / "worker.log"
+        address = run_dir / "events.sock"
+        extra = {
+            "PYTHONPATH": str(module_dir),
+            "ENVBISECT_PROBE_SOCKET": str(address),
+            "ENVBISECT_PROBE_QUEUE": queue,
+            "ENVBISECT_BROKER_URL": self.broker.url,
+            "ENVBISECT_PROBE_ASYNC": "1" if self.asyncio else "0",
+            "ENVBISECT_PROBE_MESSAGE_ID": message_id,
+        }
+        argv = [str(trial.python), "-m", "dramatiq"]
+        if self.worker is None:
+            argv += ["envbisect_probe"]
+        else:
+            extra["ENVBISECT_PROBE_ACTOR"] = self.worker.actor
+            argv += [self.worker.module, "envbisect_probe", "--queues", queue]
+        argv += ["-p", "1", "-t", "1"]
+
+        def send(actor: str) -> None:
+            if self.worker is None:
+                self.broker.send(queue, BUILTIN_ACTOR, (message_id,), {}, message_id)
+            else:
+                self.broker.send(queue, actor, self.worker.args, self.worker.kwargs, message_id)
+
         worker: Child | None = None
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as events:
             events.bind(str(address))
             try:
-                self.broker.send(queue, token)
-                worker = Child(argv, env=environ, cwd=trial.scratch, output=log)
-                watch = _Watch(worker, events, token, trial.path, limits)
+                if self.worker is None:
+                    send(BUILTIN_ACTOR)  # the queue exists before the worker looks at it
+                worker = Child(argv, env=trial.environ(token, extra), cwd=run_dir, output=log)
+                # The user's actor is known once the worker has imported their module.
+                on_adopt = send if self.worker is not None else None
+                watch = _Watch(worker, events, message_id, trial.path, limits, on_adopt)
                 watch.until_ready()
                 if watch.ready_at is not None and watch.ran_at is None and watch.exited is None:
                     watch.until_ran()
                 # Read while the worker is still alive: its consumer count is evidence.
                 state = self.broker.state(queue) if watch.ran_at is None else None
             except BaseException:
-                self._teardown(worker, queue, limits.grace)
+                self._teardown(worker, queue, limits.grace, None)
                 raise
-        if watch.ran_at is not None:
+        if watch.ran_at is not None and watch.error is None:
             # The verdict is in: stopping a healthy worker gracefully can wait.
-            later.add(lambda: self._teardown(worker, queue, limits.grace))
-            return _verdict(watch, None, log, watch.timings(), killed=False)
+            later.add(lambda: self._teardown(worker, queue, limits.grace, watch.broker_id))
+            return self._verdict(watch, None, log, watch.timings(), killed=False)
         stop_started = time.monotonic()
-        stopped = self._teardown(worker, queue, limits.grace)
+        stopped = self._teardown(worker, queue, limits.grace, watch.broker_id)
         timings = watch.timings() | {"stop": time.monotonic() - stop_started}
-        return _verdict(watch, state, log, timings, stopped is not None and stopped.killed)
+        return self._verdict(watch, state, log, timings, stopped is not None and stopped.killed)
 
-    def _teardown(self, worker: Child | None, queue: str, grace: float) -> Stopped | None:
+    def _teardown(
+        self, worker: Child | None, queue: str, grace: float, broker_id: str | None
+    ) -> Stopped | None:
         """Stop the worker's group, then delete its queues (a live consumer may redeclare them)."""
         try:
             return worker.stop(grace) if worker is not None else None
         finally:
-            self.broker.delete(queue)
+            self.broker.delete(queue, worker_id=broker_id)
+
+    def _verdict(
+        self,
+        watch: _Watch,
+        state: QueueState | None,
+        log: Path,
+        timings: dict[str, float],
+        killed: bool,
+    ) -> ProbeResult:
+        evidence = tail(log)
+        if watch.ran_at is not None:
+            return _ran(watch, evidence, timings)
+        ignored = "; ignored SIGTERM (killed)" if killed else ""
+        if watch.exited is not None or watch.setup_error is not None:
+            return self._crashed(watch, evidence, timings)
+        if watch.ready_at is None:
+            return ProbeResult(
+                Outcome.FAIL,
+                Diagnosis.NEVER_READY,
+                f"worker never got ready within {timings['boot']:.1f} s{ignored}",
+                evidence,
+                timings,
+            )
+        errors = [line for line in _lines(log) if _CONSUMER_ERROR.search(line)]
+        if errors:
+            first = next((line for line in errors if "encountered" in line), errors[0])
+            return ProbeResult(
+                Outcome.FAIL,
+                Diagnosis.CONSUMER_ERRORS,
+                f"consumer error loop ({len(errors)} lines), first: {first.strip()[-200:]}"
+                f"{ignored}",
+                evidence,
+                timings,
+            )
+        return _silent(state, timings, evidence, ignored)
+
+    def _crashed(
+        self, watch: _Watch, evidence: tuple[str, ...], timings: dict[str, float]
+    ) -> ProbeResult:
+        last = next((line for line in reversed(evidence) if line.strip()), "no output")
+        detail = (
+            f"worker exited with status {watch.exited} before running the actor: {last.strip()}"
+        )
+        setup = watch.setup_error
+        if setup is None and self.worker is not None:
+            missing = f"No module named '{self.worker.package}'"
+            if any(missing in line for line in evidence):
+                setup = (
+                    f"the worker module {self.worker.module} is not installed in the trial env: "
+                    f"put your project in both sets (e.g. `-e ./{self.worker.package}` in the "
+                    "good requirements, an editable install in the bad env)"
+                )
+        if setup is not None:
+            return ProbeResult(
+                Outcome.ERROR,
+                Diagnosis.CRASHED,
+                setup,
+                evidence,
+                timings,
+                exit_status=watch.exited,
+                setup_error=setup,
+            )
+        return ProbeResult(
+            Outcome.FAIL, Diagnosis.CRASHED, detail, evidence, timings, exit_status=watch.exited
+        )
+
+
+def _ran(watch: _Watch, evidence: tuple[str, ...], timings: dict[str, float]) -> ProbeResult:
+    if watch.ran_in is not None and Path(watch.ran_in).resolve() != watch.env.resolve():
+        return ProbeResult(
+            Outcome.ERROR,
+            Diagnosis.CONSUMED,
+            f"the actor ran, but in {watch.ran_in}, not in the trial env",
+            evidence,
+            timings,
+        )
+    if watch.error is not None:
+        return ProbeResult(
+            Outcome.FAIL,
+            Diagnosis.ACTOR_ERROR,
+            f"the actor ran and raised {watch.error[:300]}",
+            evidence,
+            timings,
+        )
+    return ProbeResult(
+        Outcome.PASS,
+        Diagnosis.CONSUMED,
+        f"actor ran {timings['wait'] * 1000:.0f} ms after the worker was ready",
+        evidence,
+        timings,
+    )
+
+
+def _silent(
+    state: QueueState | None, timings: dict[str, float], evidence: tuple[str, ...], ignored: str
+) -> ProbeResult:
+    """Ready, no errors, no actor run: the broker's view of the queue says which way."""
+    waited = f"{timings['wait']:.1f} s"
+    if state is not None and state.ready > 0:
+        consumers = (
+            "no consumer registered"
+            if state.consumers == 0
+            else f"{state.consumers} consumer(s) registered"
+            if state.consumers > 0
+            else "consumers unknown"
+        )
+        detail = f"worker ready, {consumers}; message still ready on the broker after {waited}"
+        return ProbeResult(
+            Outcome.FAIL, Diagnosis.NOT_DELIVERED, detail + ignored, evidence, timings
+        )
+    if state is not None:
+        detail = f"message delivered (unacked) but the actor never ran within {waited}"
+        return ProbeResult(
+            Outcome.FAIL, Diagnosis.DELIVERED_NOT_RUN, detail + ignored, evidence, timings
+        )
+    detail = f"worker ready, actor never ran within {waited}; queue state unavailable"
+    return ProbeResult(Outcome.FAIL, Diagnosis.NOT_DELIVERED, detail + ignored, evidence, timings)
 
 
 class _Watch:
     """Follows one worker: its events on the socket and its exit via pidfd."""
 
     def __init__(
-        self, worker: Child, events: socket.socket, token: str, env: Path, limits: Limits
+        self,
+        worker: Child,
+        events: socket.socket,
+        message_id: str,
+        env: Path,
+        limits: Limits,
+        on_adopt: Callable[[str], None] | None,
     ) -> None:
         self.worker = worker
-        self.limits = limits
         self.events = events
-        self.token = token
+        self.message_id = message_id
         self.env = env
+        self.limits = limits
+        self.on_adopt = on_adopt
         self.started = worker.started
         self.ready_at: float | None = None
         self.ran_at: float | None = None
         self.ran_in: str | None = None
+        self.error: str | None = None  #: the actor's exception, if it raised
+        self.setup_error: str | None = None  #: why the probe could not be set up
+        self.broker_id: str | None = None
         self.exited: int | None = None
-        self.deadline_hit: str | None = None
         self.ended_at: float | None = None
 
     def until_ready(self) -> None:
         self._follow(
             lambda: self.ready_at is not None or self.ran_at is not None,
             lambda: self.limits.boot,
-            "boot",
         )
 
     def until_ran(self) -> None:
-        self._follow(lambda: self.ran_at is not None, lambda: self.limits.consume, "consume")
+        self._follow(lambda: self.ran_at is not None, lambda: self.limits.consume)
 
-    def _follow(self, done: Callable[[], bool], limit: Callable[[], float], phase: str) -> None:
+    def _follow(self, done: Callable[[], bool], limit: Callable[[], float]) -> None:
         started = time.monotonic()
         with selectors.DefaultSelector() as selector:
             selector.register(self.events, selectors.EVENT_READ, "event")
             pidfd = self.worker.pidfd()
             if pidfd is not None:
                 selector.register(pidfd, selectors.EVENT_READ, "exit")
-            while not done() and self.exited is None:
+            while not done() and self.exited is None and self.setup_error is None:
                 left = min(started + limit() - time.monotonic(), self.limits.left())
                 if left <= 0:
-                    self.deadline_hit = phase
                     break
                 # Wake up now and then: the limit may be tightened meanwhile, and
                 # without a pidfd the worker's exit has to be polled.
@@ -156,11 +323,18 @@ class _Watch:
         except ValueError:
             return
         now = time.monotonic()
-        if event.get("event") == "ready" and self.ready_at is None:
+        kind = event.get("event")
+        if kind == "ready" and self.ready_at is None:
             self.ready_at = now
-        elif event.get("event") == "ran" and event.get("token") == self.token:
+            self.broker_id = event.get("broker_id")
+        elif kind == "adopted" and self.on_adopt is not None:
+            self.on_adopt(str(event.get("actor")))
+        elif kind == "error":
+            self.setup_error = str(event.get("message"))
+        elif kind == "ran" and event.get("token") == self.message_id:
             self.ran_at = now
             self.ran_in = str(event.get("prefix"))
+            self.error = event.get("error")
             if self.ready_at is None:
                 self.ready_at = now
 
@@ -186,100 +360,8 @@ class _Watch:
         return {"boot": self.ready_at - self.started, "wait": end - self.ready_at}
 
 
-def _verdict(
-    watch: _Watch,
-    state: QueueState | None,
-    log: Path,
-    timings: dict[str, float],
-    killed: bool,
-) -> ProbeResult:
-    evidence = tail(log)
-    if watch.ran_at is not None:
-        if watch.ran_in is not None and Path(watch.ran_in).resolve() != watch.env.resolve():
-            return ProbeResult(
-                Outcome.ERROR,
-                Diagnosis.CONSUMED,
-                f"the actor ran, but in {watch.ran_in}, not in the trial env",
-                evidence,
-                timings,
-            )
-        return ProbeResult(
-            Outcome.PASS,
-            Diagnosis.CONSUMED,
-            f"actor ran {timings['wait'] * 1000:.0f} ms after the worker was ready",
-            evidence,
-            timings,
-        )
-    ignored = "; ignored SIGTERM (killed)" if killed else ""
-    if watch.exited is not None:
-        last = next((line for line in reversed(evidence) if line.strip()), "no output")
-        return ProbeResult(
-            Outcome.FAIL,
-            Diagnosis.CRASHED,
-            f"worker exited with status {watch.exited} before running the actor: {last.strip()}",
-            evidence,
-            timings,
-            exit_status=watch.exited,
-        )
-    if watch.ready_at is None:
-        return ProbeResult(
-            Outcome.FAIL,
-            Diagnosis.NEVER_READY,
-            f"worker never got ready within {timings['boot']:.1f} s{ignored}",
-            evidence,
-            timings,
-        )
-    errors = [line for line in _log_lines(log) if _CONSUMER_ERROR.search(line)]
-    if errors:
-        first = next((line for line in errors if "encountered" in line), errors[0])
-        return ProbeResult(
-            Outcome.FAIL,
-            Diagnosis.CONSUMER_ERRORS,
-            f"consumer error loop ({len(errors)} lines), first: {first.strip()[-200:]}{ignored}",
-            evidence,
-            timings,
-        )
-    waited = f"{timings['wait']:.1f} s"
-    if state is not None and state.ready > 0:
-        consumers = (
-            "no consumer registered"
-            if state.consumers == 0
-            else f"{state.consumers} consumer(s) registered"
-            if state.consumers > 0
-            else "consumers unknown"
-        )
-        return ProbeResult(
-            Outcome.FAIL,
-            Diagnosis.NOT_DELIVERED,
-            f"worker ready, {consumers}; message still ready on the broker after {waited}{ignored}",
-            evidence,
-            timings,
-        )
-    if state is not None:
-        return ProbeResult(
-            Outcome.FAIL,
-            Diagnosis.DELIVERED_NOT_RUN,
-            f"message delivered (unacked) but the actor never ran within {waited}{ignored}",
-            evidence,
-            timings,
-        )
-    return ProbeResult(
-        Outcome.FAIL,
-        Diagnosis.NOT_DELIVERED,
-        f"worker ready, actor never ran within {waited}; queue state unavailable{ignored}",
-        evidence,
-        timings,
-    )
-
-
-def _log_lines(log: Path) -> list[str]:
+def _lines(log: Path) -> list[str]:
     try:
         return log.read_text(errors="replace").splitlines()
     except OSError:
         return []
-
-
-def _module_digest() -> str:
-    import hashlib
-
-    return hashlib.sha256(PROBE_MODULE.read_bytes()).hexdigest()[:12]

@@ -1,15 +1,26 @@
-"""The module a trial env's Dramatiq worker loads: ``python -m dramatiq envbisect_probe``.
+"""The module a trial env's Dramatiq worker loads, as ``envbisect_probe``.
 
 This file runs *inside the trial environment*, never in envbisect's process;
-envbisect copies it into a private directory on the worker's PYTHONPATH as
-``envbisect_probe``. It imports nothing but the standard library and the
-env's own dramatiq, so it works with any dramatiq from 1.x on.
+envbisect copies it into a private directory on the worker's PYTHONPATH. It
+imports nothing but the standard library and the env's own dramatiq, so it
+works with any dramatiq from 1.x on. It reports to envbisect over a Unix
+datagram socket: ``ready`` when a worker has booted, ``ran`` (with
+``sys.prefix``, and the actor's exception if it raised) when the probe
+message was processed, ``error`` when the probe cannot be set up.
 
-It declares one actor on a queue unique to this probe run and reports to
-envbisect over a Unix datagram socket: ``ready`` when a worker has booted,
-``ran`` (with ``sys.prefix``) when the actor ran. The evidence comes from the
-worker side, not from the sender.
+Two ways to run:
+
+- ``python -m dramatiq envbisect_probe``: the built-in probe. It makes the
+  broker (RabbitMQ or Redis, from the URL) and declares one actor on a queue
+  unique to this probe run.
+- ``python -m dramatiq USER.WORKER.MODULE envbisect_probe --queues Q``: the
+  user's own worker. Imported after the user's module, it finds the user's
+  broker and actor, moves that actor to the unique queue Q (so the worker
+  consumes nothing else from a shared broker) and watches for the probe
+  message by its id.
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -17,12 +28,16 @@ import socket
 import sys
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, default_middleware
 
 _SOCKET = os.environ["ENVBISECT_PROBE_SOCKET"]
 _QUEUE = os.environ["ENVBISECT_PROBE_QUEUE"]
 _URL = os.environ["ENVBISECT_BROKER_URL"]
 _ASYNC = os.environ.get("ENVBISECT_PROBE_ASYNC") == "1"
+_USER_ACTOR = os.environ.get("ENVBISECT_PROBE_ACTOR")  # set: probe the user's worker module
+_MESSAGE_ID = os.environ.get("ENVBISECT_PROBE_MESSAGE_ID", "")
+_BUILTIN_ACTOR = "envbisect_probe"
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -38,42 +53,92 @@ def _emit(event: str, **fields: object) -> None:
 
 class _Ready(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        _emit("ready")
+        _emit("ready", broker_id=getattr(broker, "broker_id", None))
 
 
-# Prometheus (on by default in dramatiq 1.x when prometheus_client is installed)
-# binds a fixed port, which parallel trials would fight over.
-_middleware = [m() for m in default_middleware if m.__name__ != "Prometheus"]
-broker: dramatiq.Broker
-if _URL.startswith(("redis://", "rediss://", "unix://")):
-    from dramatiq.brokers.redis import RedisBroker
+class _Outcome(Middleware):
+    """Reports when the user's actor has processed the probe message."""
 
-    broker = RedisBroker(url=_URL, middleware=_middleware)  # type: ignore[no-untyped-call]
-else:
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-    broker = RabbitmqBroker(url=_URL, middleware=_middleware)
-broker.add_middleware(_Ready())
-if _ASYNC:
-    from dramatiq.middleware.asyncio import AsyncIO
-
-    broker.add_middleware(AsyncIO())
-dramatiq.set_broker(broker)
-_emit("imported", python=sys.executable)
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if message.message_id == _MESSAGE_ID:
+            error = None if exception is None else f"{type(exception).__name__}: {exception}"
+            _emit("ran", token=_MESSAGE_ID, prefix=sys.prefix, error=error)
 
 
 def _ran(token: str) -> None:
-    _emit("ran", token=token, prefix=sys.prefix)
+    _emit("ran", token=token, prefix=sys.prefix, error=None)
 
 
-if _ASYNC:
+def _builtin_broker() -> dramatiq.Broker:
+    # Prometheus (on by default in dramatiq 1.x when prometheus_client is installed)
+    # binds a fixed port, which parallel trials would fight over.
+    middleware = [m() for m in default_middleware if m.__name__ != "Prometheus"]
+    if _URL.startswith(("redis://", "rediss://", "unix://")):
+        from dramatiq.brokers.redis import RedisBroker
 
-    @dramatiq.actor(actor_name="envbisect_probe", queue_name=_QUEUE, max_retries=0)
-    async def envbisect_probe(token: str) -> None:
-        _ran(token)
+        return RedisBroker(url=_URL, middleware=middleware)  # type: ignore[no-untyped-call]
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+    return RabbitmqBroker(url=_URL, middleware=middleware)
+
+
+def _adopt_user_actor(broker: dramatiq.Broker, name: str) -> None:
+    declared = sorted(a for a in broker.get_declared_actors() if a != _BUILTIN_ACTOR)
+    if not name:
+        if len(declared) != 1:
+            _fail(
+                f"the worker module declares {len(declared)} actors; choose one with --actor: "
+                + ", ".join(declared)
+            )
+        name = declared[0]
+    if name not in declared:
+        _fail(
+            f"actor {name!r} is not declared by the worker module (declared: "
+            + (", ".join(declared) or "none")
+            + ")"
+        )
+    actor = broker.get_actor(name)
+    actor.queue_name = _QUEUE
+    broker.declare_queue(_QUEUE)
+    broker.add_middleware(_Outcome())
+    _emit("adopted", actor=name, broker=type(broker).__name__)
+
+
+def _fail(message: str) -> None:
+    _emit("error", message=message)
+    sys.stderr.write(f"envbisect probe: {message}\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
+if _USER_ACTOR is not None:
+    broker = dramatiq.get_broker()
+    broker.add_middleware(_Ready())
+    _adopt_user_actor(broker, _USER_ACTOR)
 else:
+    broker = _builtin_broker()
+    broker.add_middleware(_Ready())
+    if _ASYNC:
+        from dramatiq.middleware.asyncio import AsyncIO
 
-    @dramatiq.actor(actor_name="envbisect_probe", queue_name=_QUEUE, max_retries=0)
-    def envbisect_probe(token: str) -> None:
-        _ran(token)
+        broker.add_middleware(AsyncIO())
+    dramatiq.set_broker(broker)
+
+    if _ASYNC:
+
+        @dramatiq.actor(actor_name=_BUILTIN_ACTOR, queue_name=_QUEUE, max_retries=0)
+        async def envbisect_probe(token: str) -> None:
+            _ran(token)
+
+    else:
+
+        @dramatiq.actor(actor_name=_BUILTIN_ACTOR, queue_name=_QUEUE, max_retries=0)
+        def envbisect_probe(token: str) -> None:
+            _ran(token)
