@@ -300,13 +300,15 @@ class PipInstaller(Installer):
         )
 
 
+#: The installer backends by ``--installer`` name (the benchmark registers its baselines).
+INSTALLERS: dict[str, type[Installer]] = {"uv": UvInstaller, "pip": PipInstaller}
+
+
 def installer(kind: str, cache_dir: Path, logs: Path) -> Installer:
     """The installer backend by name: ``uv`` or ``pip``."""
-    if kind == "uv":
-        return UvInstaller(cache_dir, logs)
-    if kind == "pip":
-        return PipInstaller(cache_dir, logs)
-    raise InputError(f"--installer must be uv or pip, not {kind!r}")
+    if kind not in INSTALLERS:
+        raise InputError(f"--installer must be one of {', '.join(INSTALLERS)}, not {kind!r}")
+    return INSTALLERS[kind](cache_dir, logs)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from envbisect.sources import Side, Sources
 from envbisect.wheels import WheelCache
 
 # Adaptive limits: wait this many times the healthy latency, never less than the floor.
-CONSUME_FACTOR, CONSUME_FLOOR = 10.0, 1.5
+CONSUME_FACTOR, CONSUME_FLOOR = 10.0, 1.0
 BOOT_FACTOR, BOOT_FLOOR = 10.0, 10.0
 # The culprit set is confirmed with limits this much longer than the search's (at least
 # CONFIRM_FLOOR s): a worker that merely needed longer than the adaptive limit passes here.
