@@ -168,3 +168,18 @@ def test_releases_are_listed_from_the_index_and_find_links_dirs(tmp_path: Path) 
     assert versions_between(local, "1.2.0", "1.0.0") == ["1.2.0", "1.1.0", "1.0.0"]
     pika = available_versions("pika", python, [], tmp_path / "pip.log")
     assert {"1.0.0", "0.13.1", "1.4.4"} <= set(pika)
+
+
+@pytest.mark.parametrize(("command", "code"), [("run", ExitCode.BAD_PASSES), ("gate", ExitCode.OK)])
+def test_no_changes_between_the_sides(
+    tmp_path: Path, cache_dir: Path, broker_url: str, command: str, code: ExitCode
+) -> None:
+    lock = str(LOCKS / "pylock" / "pylock.baseline.toml")
+    sides = ["--bad", lock, "--good", lock] if command == "run" else []
+    sides = sides or ["--candidate", lock, "--baseline", lock]
+    got, report = envbisect(
+        tmp_path, cache_dir, broker_url, command, *sides, "--probe", "import:dramatiq"
+    )
+    assert got == code
+    assert report["changes"] == {"total": 0}
+    assert len(report["trials"]) == 1  # one set, probed once
