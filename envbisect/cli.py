@@ -8,9 +8,10 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from platformdirs import user_cache_dir
@@ -18,11 +19,12 @@ from rich.console import Console
 
 from envbisect import processes
 from envbisect.broker import DEFAULT_URL, connect, mask
+from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
-from envbisect.report import ConsoleObserver, render, to_json, write_json
+from envbisect.report import ConsoleObserver, error_json, render, to_json, write_json
 from envbisect.triage import Options, Verdict, triage
 
 app = typer.Typer(
@@ -39,11 +41,14 @@ def _group() -> None:
 
 
 _VERDICT_CODES = {
+    Verdict.PASS: ExitCode.OK,
     Verdict.CULPRIT_FOUND: ExitCode.OK,
     Verdict.GOOD_FAILS: ExitCode.GOOD_FAILS,
     Verdict.BAD_PASSES: ExitCode.BAD_PASSES,
     Verdict.INCONSISTENT: ExitCode.INCONSISTENT,
 }
+#: The gate's codes differ in one place: a culprit means the candidate regressed.
+_GATE_CODES = {**_VERDICT_CODES, Verdict.CULPRIT_FOUND: ExitCode.REGRESSION}
 
 
 class Interrupted(BaseException):
@@ -108,16 +113,45 @@ NoCacheOpt = Annotated[
     bool, typer.Option("--no-cache", help="Neither use nor store cached trial outcomes.")
 ]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")]
+MarkdownOpt = Annotated[
+    Path | None,
+    typer.Option("--markdown", help="Write a Markdown summary here (a pull-request comment)."),
+]
+JunitOpt = Annotated[
+    Path | None, typer.Option("--junit", help="Write the verdict as a JUnit XML test result.")
+]
+StepSummaryOpt = Annotated[
+    bool, typer.Option(help="Append the Markdown summary to $GITHUB_STEP_SUMMARY when it is set.")
+]
+NarrowOpt = Annotated[
+    bool,
+    typer.Option(
+        help="When a culprit is a version change a → b, bisect the releases between a and b "
+        "and name the first bad one."
+    ),
+]
+FindLinksOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--find-links", help="A directory of wheels/sdists used beside the index (repeatable)."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option(help="Only the final report.")]
 
 
 @app.command()
 def run(
     bad: Annotated[
-        Path, typer.Option(help="Failing side: a virtualenv or pinned requirements (pip freeze).")
+        Path,
+        typer.Option(
+            help="Failing side: a virtualenv, uv.lock, pylock.toml or pinned requirements."
+        ),
     ],
     good: Annotated[
-        Path, typer.Option(help="Working side: requirements (pinned or not) or a virtualenv.")
+        Path,
+        typer.Option(
+            help="Working side: requirements (pinned or not), a lock file or a virtualenv."
+        ),
     ],
     probe: ProbeOpt = "consume",
     probe_cmd: ProbeCmdOpt = None,
@@ -138,7 +172,12 @@ def run(
     keep_envs: KeepOpt = False,
     outcome_cache: OutcomeCacheOpt = None,
     no_cache: NoCacheOpt = False,
+    narrow: NarrowOpt = False,
+    find_links: FindLinksOpt = None,
     json_path: JsonOpt = None,
+    markdown_path: MarkdownOpt = None,
+    junit_path: JunitOpt = None,
+    step_summary: StepSummaryOpt = True,
     quiet: QuietOpt = False,
 ) -> int:
     """Bisect the changes between --good and --bad down to the culprit package(s)."""
@@ -157,22 +196,134 @@ def run(
         timeout=timeout,
         boot_timeout=boot_timeout,
         max_time=max_time,
+        narrow=narrow,
+        find_links=_directories(find_links),
     )
+    outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
     the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
+    header = f"envbisect: bad={bad} good={good} probe={the_probe.describe()}"
+    return _triage(options, the_probe, outputs, header, quiet)
+
+
+@app.command()
+def gate(
+    baseline: Annotated[
+        Path,
+        typer.Option(
+            help="What works today (e.g. the base branch's lock): a uv.lock, pylock.toml, "
+            "requirements file or virtualenv."
+        ),
+    ],
+    candidate: Annotated[
+        Path,
+        typer.Option(
+            help="The proposed set (e.g. a dependency-update pull request's lock), "
+            "in any of the same forms."
+        ),
+    ],
+    probe: ProbeOpt = "consume",
+    probe_cmd: ProbeCmdOpt = None,
+    cwd: CwdOpt = None,
+    worker_module: WorkerModuleOpt = None,
+    actor: ActorOpt = "",
+    args: ArgsOpt = "[]",
+    broker_url: BrokerOpt = DEFAULT_URL,
+    installer: InstallerOpt = "uv",
+    cache_dir: CacheOpt = CACHE_DIR,
+    jobs: JobsOpt = CORES,
+    timeout: TimeoutOpt = 30.0,
+    boot_timeout: BootOpt = 60.0,
+    fixed_timeout: FixedOpt = False,
+    repeat: RepeatOpt = 1,
+    max_time: MaxTimeOpt = None,
+    python: PythonOpt = None,
+    keep_envs: KeepOpt = False,
+    outcome_cache: OutcomeCacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    narrow: NarrowOpt = False,
+    find_links: FindLinksOpt = None,
+    json_path: JsonOpt = None,
+    markdown_path: MarkdownOpt = None,
+    junit_path: JunitOpt = None,
+    step_summary: StepSummaryOpt = True,
+    quiet: QuietOpt = False,
+) -> int:
+    """Probe --candidate; if it fails, name the change from --baseline that broke it (exit 1)."""
+    options = Options(
+        bad=candidate,
+        good=baseline,
+        cache_dir=_writable_cache(cache_dir),
+        installer=installer,
+        python=python,
+        jobs=jobs,
+        repeat=repeat,
+        keep_envs=keep_envs,
+        outcome_cache=not no_cache,
+        outcome_cache_dir=outcome_cache,
+        adaptive=not fixed_timeout,
+        timeout=timeout,
+        boot_timeout=boot_timeout,
+        max_time=max_time,
+        gate=True,
+        narrow=narrow,
+        find_links=_directories(find_links),
+    )
+    outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
+    the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
+    header = (
+        f"envbisect gate: candidate={candidate} baseline={baseline} probe={the_probe.describe()}"
+    )
+    return _triage(options, the_probe, outputs, header, quiet)
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """Where the report goes besides the terminal."""
+
+    json: Path | None
+    markdown: Path | None
+    junit: Path | None
+    step_summary: bool
+
+    def write(self, report: dict[str, Any]) -> None:
+        if self.json is not None:
+            write_json(self.json, report)
+        if self.markdown is not None:
+            _write(self.markdown, markdown(report))
+        if self.junit is not None:
+            _write(self.junit, junit(report))
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if self.step_summary and summary:
+            with Path(summary).open("a") as handle:
+                handle.write(markdown(report) + "\n")
+
+
+def _triage(options: Options, probe: Probe, outputs: _Outputs, header: str, quiet: bool) -> int:
     out = Console(highlight=False)
     progress = Console(stderr=True, highlight=False)
-    progress.print(f"envbisect: bad={bad} good={good} probe={the_probe.describe()}")
+    progress.print(header, markup=False)
+    command = "gate" if options.gate else "run"
     try:
-        finding = triage(options, the_probe, ConsoleObserver(progress, quiet=quiet))
+        finding = triage(options, probe, ConsoleObserver(progress, quiet=quiet))
     except EnvbisectError as exc:
-        if json_path is not None:
-            write_json(json_path, _error_json(exc))
+        outputs.write(error_json(mask_secrets(str(exc)), int(exc.exit_code), command))
         raise
-    code = _VERDICT_CODES[finding.verdict]
+    code = (_GATE_CODES if options.gate else _VERDICT_CODES)[finding.verdict]
     render(finding, out)
-    if json_path is not None:
-        write_json(json_path, to_json(finding, int(code)))
+    outputs.write(to_json(finding, int(code)))
     return int(code)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _directories(paths: list[Path] | None) -> tuple[Path, ...]:
+    for path in paths or ():
+        if not path.is_dir():
+            raise InputError(f"--find-links {path}: not a directory")
+    return tuple(path.resolve() for path in paths or ())
 
 
 def _probe(
@@ -220,16 +371,7 @@ def _writable_cache(path: Path) -> Path:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"--cache-dir {path}: not writable ({exc.strerror})") from exc
-    return path
-
-
-def _error_json(exc: EnvbisectError) -> dict[str, object]:
-    return {
-        "schema_version": 1,
-        "verdict": "error",
-        "exit_code": int(exc.exit_code),
-        "error": str(exc),
-    }
+    return path.resolve()  # wheels are linked from the run's temp dir: no relative targets
 
 
 @contextmanager

@@ -219,6 +219,20 @@ class Delta:
         return tuple(self.bad[step] for step in chain)
 
 
+def unmet_requirements(
+    package: Package, packages: Mapping[NormalizedName, Package], markers: Mapping[str, str]
+) -> list[str]:
+    """What ``package`` requires (markers evaluated, no extras) that ``packages`` lack."""
+    unmet = []
+    for requirement in _parse_requires(package.requires):
+        if not _applies(requirement.marker, markers, set()):
+            continue
+        present = packages.get(canonicalize_name(requirement.name))
+        if present is None or not _satisfies(present.version, requirement):
+            unmet.append(str(requirement))
+    return unmet
+
+
 def dependency_edges(
     packages: Mapping[NormalizedName, Package],
     markers: Mapping[str, str],

@@ -32,9 +32,14 @@ class Installer(ABC):
 
     name: str = ""
 
-    def __init__(self, cache_dir: Path, logs: Path) -> None:
+    def __init__(self, cache_dir: Path, logs: Path, find_links: Sequence[Path] = ()) -> None:
         self.cache_dir = cache_dir
         self.logs = logs
+        self.find_links = tuple(find_links)  #: the user's local wheel dirs, beside the index
+
+    def _links(self, *extra: Path) -> list[str]:
+        """``--find-links`` options for the user's dirs and ``extra``."""
+        return [arg for path in (*extra, *self.find_links) for arg in ("--find-links", str(path))]
 
     @abstractmethod
     def create(self, path: Path, python: Path) -> None:
@@ -88,8 +93,8 @@ class UvInstaller(Installer):
 
     name = "uv"
 
-    def __init__(self, cache_dir: Path, logs: Path) -> None:
-        super().__init__(cache_dir, logs)
+    def __init__(self, cache_dir: Path, logs: Path, find_links: Sequence[Path] = ()) -> None:
+        super().__init__(cache_dir, logs, find_links)
         from uv import find_uv_bin
 
         self.uv = find_uv_bin()
@@ -146,8 +151,7 @@ class UvInstaller(Installer):
             "--no-annotate",
             "--python",
             str(python),
-            "--find-links",
-            str(find_links),
+            *self._links(find_links),
             "--output-file",
             str(output),
             str(requirements),
@@ -168,8 +172,7 @@ class UvInstaller(Installer):
                 "--no-deps",
                 "--python",
                 str(python),
-                "--find-links",
-                str(find_links),
+                *self._links(find_links),
                 "--target",
                 str(target),
                 *pins,
@@ -189,6 +192,7 @@ class UvInstaller(Installer):
                 "--no-deps",
                 "--python",
                 str(env / "bin" / "python"),
+                *self._links(),
                 "-r",
                 str(requirements),
             ],
@@ -263,8 +267,7 @@ class PipInstaller(Installer):
             "--no-header",
             "--no-annotate",
             "--strip-extras",
-            "--find-links",
-            str(find_links),
+            *self._links(find_links),
             "--output-file",
             str(output),
             str(requirements),
@@ -281,8 +284,7 @@ class PipInstaller(Installer):
                 "install",
                 "--quiet",
                 "--no-deps",
-                "--find-links",
-                str(find_links),
+                *self._links(find_links),
                 "--target",
                 str(target),
                 *pins,
@@ -294,7 +296,13 @@ class PipInstaller(Installer):
         self._run(
             f"installing {requirements}",
             self._pip(
-                env / "bin" / "python", "install", "--quiet", "--no-deps", "-r", str(requirements)
+                env / "bin" / "python",
+                "install",
+                "--quiet",
+                "--no-deps",
+                *self._links(),
+                "-r",
+                str(requirements),
             ),
             self._env(),
         )
@@ -304,11 +312,11 @@ class PipInstaller(Installer):
 INSTALLERS: dict[str, type[Installer]] = {"uv": UvInstaller, "pip": PipInstaller}
 
 
-def installer(kind: str, cache_dir: Path, logs: Path) -> Installer:
+def installer(kind: str, cache_dir: Path, logs: Path, find_links: Sequence[Path] = ()) -> Installer:
     """The installer backend by name: ``uv`` or ``pip``."""
     if kind not in INSTALLERS:
         raise InputError(f"--installer must be one of {', '.join(INSTALLERS)}, not {kind!r}")
-    return INSTALLERS[kind](cache_dir, logs)
+    return INSTALLERS[kind](cache_dir, logs, find_links)
 
 
 @dataclass(frozen=True)

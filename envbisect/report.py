@@ -1,4 +1,8 @@
-"""Render a finished run: the terminal (rich) and JSON; live progress while it runs."""
+"""Render a finished run: the terminal (rich) and JSON; live progress while it runs.
+
+The JSON document (schema: ``envbisect/schema/report.schema.json``) is the one
+source of the CI formats too (:mod:`envbisect.ci`: Markdown, JUnit XML).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from rich.table import Table
 
 from envbisect import __version__
 from envbisect.delta import Change, ChangeKind, Delta
+from envbisect.narrow import Narrowing
 from envbisect.search import Outcome
 from envbisect.triage import Finding, Trial, Verdict
 
@@ -80,8 +85,37 @@ def _some(items: Sequence[str], most: int = 3) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+def summary_line(finding: Finding) -> str:
+    """The verdict in one line (a passing gate prints nothing else)."""
+    command = "gate" if finding.gate else "run"
+    if finding.verdict is Verdict.PASS:
+        return (
+            f"gate passed: the candidate {finding.bad} passes the probe "
+            f"({len(finding.delta.changes)} change(s) from the baseline {finding.good})"
+        )
+    if finding.verdict is Verdict.CULPRIT_FOUND:
+        head = "gate failed: regression" if finding.gate else "culprit found"
+        culprits = "; ".join(change.describe() for change in finding.culprits)
+        narrowed = "".join(
+            f"; first bad {n.change.display_name} version {n.first_bad}"
+            for n in finding.narrowings
+            if n.first_bad is not None
+        )
+        return f"{head}: {culprits}{narrowed}"
+    return f"{command}: {_headline(finding)}"
+
+
 def render(finding: Finding, console: Console) -> None:
-    """The human report: verdict and culprits first, then trials, then evidence."""
+    """The human report: verdict and culprits first, then trials, then evidence.
+
+    A passing gate is one line: CI logs show it as the step's result.
+    """
+    if finding.verdict is Verdict.PASS:
+        line = f"[bold green]{escape(summary_line(finding))}[/bold green]"
+        console.print(line, soft_wrap=True)
+        if finding.note:
+            console.print(f"[dim]note:[/dim] {escape(finding.note)}", soft_wrap=True)
+        return
     console.print()
     if finding.verdict is Verdict.CULPRIT_FOUND:
         label = "culprit" if len(finding.culprits) == 1 else "culprits (fail only together)"
@@ -92,6 +126,9 @@ def render(finding: Finding, console: Console) -> None:
             chain = finding.delta.path_from_top(change.name)
             if len(chain) > 1:
                 console.print("  [dim]path:[/dim] " + escape(" → ".join(str(p) for p in chain)))
+            for narrowing in finding.narrowings:
+                if narrowing.change == change:
+                    console.print("  [dim]narrowed:[/dim] " + escape(narrowing.describe()))
     else:
         console.print(f"[bold yellow]{_headline(finding)}[/bold yellow]")
     if finding.note:
@@ -117,11 +154,15 @@ def render(finding: Finding, console: Console) -> None:
 
 
 def _headline(finding: Finding) -> str:
+    good = "baseline" if finding.gate else "good set"
+    bad = "candidate" if finding.gate else "bad set"
+    inconsistent = finding.note or "no minimal failing set: the probe results disagree"
     return {
-        Verdict.GOOD_FAILS: f"the good set already fails the probe: {finding.good}",
-        Verdict.BAD_PASSES: f"the bad set passes the probe: nothing to bisect in {finding.bad}",
-        Verdict.INCONSISTENT: "no minimal failing set: the probe results disagree",
+        Verdict.GOOD_FAILS: f"the {good} already fails the probe: {finding.good}",
+        Verdict.BAD_PASSES: f"the {bad} passes the probe: nothing to bisect in {finding.bad}",
+        Verdict.INCONSISTENT: inconsistent,
         Verdict.CULPRIT_FOUND: "culprit found",
+        Verdict.PASS: f"the {bad} passes the probe",
     }[finding.verdict]
 
 
@@ -159,7 +200,9 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "envbisect", "version": __version__},
+        "command": "gate" if finding.gate else "run",
         "verdict": finding.verdict.value,
+        "summary": summary_line(finding),
         "exit_code": exit_code,
         "note": finding.note,
         "probe": finding.probe,
@@ -169,14 +212,28 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "jobs": finding.jobs,
         "seconds": round(finding.seconds, 3),
         "changes": {"total": len(delta.changes), **kinds},
-        "culprits": [_culprit_json(change, delta) for change in finding.culprits],
+        "changed_packages": [_change_json(change) for change in delta.changes],
+        "culprits": [
+            _culprit_json(change, delta, finding.narrowings) for change in finding.culprits
+        ],
         "trials": [_trial_json(trial, delta) for trial in finding.trials],
         "evidence": None if finding.evidence is None else _evidence_json(finding.evidence),
         "disagreements": [sorted(subset) for subset in finding.disagreements],
     }
 
 
-def _culprit_json(change: Change, delta: Delta) -> dict[str, Any]:
+def _change_json(change: Change) -> dict[str, Any]:
+    return {
+        "name": change.display_name,
+        "change": change.kind.value,
+        "direction": change.direction or None,
+        "good_version": change.good.version if change.good else None,
+        "bad_version": change.bad.version if change.bad else None,
+    }
+
+
+def _culprit_json(change: Change, delta: Delta, narrowings: Sequence[Narrowing]) -> dict[str, Any]:
+    narrowing = next((n for n in narrowings if n.change == change), None)
     return {
         "name": change.display_name,
         "version": change.bad.version if change.bad else None,
@@ -192,6 +249,25 @@ def _culprit_json(change: Change, delta: Delta) -> dict[str, Any]:
         ),
         "path": [f"{p.display_name}=={p.version}" for p in delta.path_from_top(change.name)],
         "summary": culprit_line(change, delta),
+        "narrowed": None if narrowing is None else _narrowing_json(narrowing),
+    }
+
+
+def _narrowing_json(narrowing: Narrowing) -> dict[str, Any]:
+    return {
+        "package": narrowing.change.display_name,
+        "good_version": narrowing.versions[0],
+        "bad_version": narrowing.versions[-1],
+        "first_bad": narrowing.first_bad,
+        "last_good": narrowing.last_good,
+        "versions": list(narrowing.versions),
+        "tested": [
+            {"version": t.version, "outcome": t.outcome.value, "trial": t.trial, "detail": t.detail}
+            for t in narrowing.tested
+        ],
+        "untestable": list(narrowing.untestable),
+        "note": narrowing.note,
+        "summary": narrowing.describe(),
     }
 
 
@@ -201,9 +277,7 @@ def _trial_json(trial: Trial, delta: Delta) -> dict[str, Any]:
     return {
         "index": trial.index,
         "phase": trial.phase,
-        "packages": [
-            f"{c.display_name}=={c.bad.version}" if c.bad else f"-{c.display_name}" for c in changes
-        ],
+        "packages": [_applied(change, trial) for change in changes],
         "size": len(trial.changes),
         "outcome": trial.outcome.value,
         "seconds": round(trial.seconds, 3),
@@ -217,6 +291,15 @@ def _trial_json(trial: Trial, delta: Delta) -> dict[str, Any]:
     }
 
 
+def _applied(change: Change, trial: Trial) -> str:
+    """``name==version`` as the trial had it (``-name`` for a removal)."""
+    if trial.substitute is not None and trial.substitute.name == change.name:
+        return f"{change.display_name}=={trial.substitute.version}"
+    return (
+        f"{change.display_name}=={change.bad.version}" if change.bad else f"-{change.display_name}"
+    )
+
+
 def _evidence_json(trial: Trial) -> dict[str, Any]:
     result = trial.result
     return {
@@ -225,6 +308,18 @@ def _evidence_json(trial: Trial) -> dict[str, Any]:
         "detail": result.detail,
         "exit_status": result.exit_status,
         "output": list(result.evidence),
+    }
+
+
+def error_json(message: str, exit_code: int, command: str) -> dict[str, Any]:
+    """The JSON report of a run that ended in an error (bad input, broker, build, time)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "envbisect", "version": __version__},
+        "command": command,
+        "verdict": "error",
+        "exit_code": exit_code,
+        "error": message,
     }
 
 

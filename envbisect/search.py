@@ -15,6 +15,8 @@ The search is pure: it only calls the oracle it is given and returns what it lea
    when the recorded results prove the set failing and 1-minimal.
 
 Every test is of a dependency-closed set, and no closed set is sent to the oracle twice.
+:func:`first_failing` is the same binary search along a line (the released versions of
+one culprit package, from its good version to its bad one).
 """
 
 from __future__ import annotations
@@ -298,6 +300,38 @@ class _Search:
     def _sorted(self, members: Iterable[str]) -> list[str]:
         # Iterate sets in search order, never in hash order: the search must be deterministic.
         return sorted(members, key=self._rank.__getitem__)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where a line of points turns from passing to failing."""
+
+    last_pass: int
+    first_fail: int
+    outcomes: dict[int, Outcome]  #: every point tested, ends included
+
+    @property
+    def unresolved(self) -> list[int]:
+        """Points between the two that could not be tested: the first failure may be one."""
+        return list(range(self.last_pass + 1, self.first_fail))
+
+
+def first_failing(count: int, test: Callable[[int], Outcome]) -> Boundary:
+    """Binary search points ``0 .. count-1``: 0 is known to pass, ``count-1`` to fail.
+
+    Unresolved points (skip, flaky, error) are stepped around as ``git bisect skip``
+    does; if some are left between the last pass and the first failure, the boundary
+    says so instead of guessing.
+    """
+    if count < 2:
+        raise ValueError(f"a line needs its passing and its failing end, got {count} points")
+    outcomes = {0: Outcome.PASS, count - 1: Outcome.FAIL}
+    lo, hi = 0, count - 1
+    while (m := _split_point(lo, hi, outcomes)) is not None:
+        outcomes[m] = test(m)
+        hi = min(i for i, outcome in outcomes.items() if outcome is Outcome.FAIL)
+        lo = max(i for i, outcome in outcomes.items() if i < hi and outcome is Outcome.PASS)
+    return Boundary(lo, hi, outcomes)
 
 
 def _split_point(lo: int, hi: int, tried: dict[int, Outcome]) -> int | None:

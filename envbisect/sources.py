@@ -1,12 +1,14 @@
 """Turn ``--bad`` and ``--good`` into pinned packages, each with a wheel on disk.
 
 The bad side is the source of truth: a live env is read and repacked as it is
-installed; a frozen requirements file is first installed as it stands (no
-dependency resolution) into a scratch env, then read the same way. The good
-side is resolved to exact pins preferring the bad side's versions (the pins
-are offered to the resolver as its existing output), offline from the bad
-side's wheels first and from the index only when that cannot satisfy it;
-versions the bad side does not have are fetched once and repacked too.
+installed; a lock (``uv.lock``, ``pylock.toml``) or a frozen requirements file
+is first installed as it stands (no dependency resolution) into a scratch env,
+then read the same way. The good side is read the same way when it is a live
+env, a lock or a hash-pinned requirements file; any other requirements file is
+resolved to exact pins preferring the bad side's versions (the pins are
+offered to the resolver as its existing output), offline from the bad side's
+wheels first and from the index only when that cannot satisfy it; versions the
+bad side does not have are fetched once and repacked too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from envbisect.inputs import (
     read_requirement_file,
     read_venv,
 )
+from envbisect.locks import InputKind, input_kind, read_lock
 from envbisect.wheels import NotRepackable, Wheel, WheelCache
 
 Say = Callable[[str], None]
@@ -61,35 +64,33 @@ class Sources:
         self.wheelhouse = workspace.scratch("wheelhouse")
 
     def bad(self, path: Path, python: Path | None) -> Side:
-        """The failing side: a live virtualenv or a frozen requirements file."""
+        """The failing side: a live virtualenv, a lock file or a frozen requirements file."""
         if is_virtualenv(path):
             env = read_venv(path)
             self.say(f"read {len(env.distributions)} distributions from {path}")
             return self._side(str(path), env.distributions.values(), env.interpreter, {})
         if path.is_dir() or not path.exists():
             read_venv(path)  # raises the right one-line error
-        requirements = read_requirement_file(path)
-        loose = [
-            line
-            for line in requirements.lines
-            if line.pinned_version is None
-            and not (line.editable or (line.requirement and line.requirement.url))
-        ]
-        if loose:
-            raise InputError(
-                f"{loose[0].origin}: --bad requirements must be pinned like `pip freeze` "
-                f"output, got {loose[0].text!r}"
-            )
-        interpreter = self.interpreter(python)
-        scratch = self.workspace.scratch("bad-env")
-        self.installer.create(scratch, interpreter.executable)
-        self.installer.install_requirements(scratch, path)
-        env = read_venv(scratch)
-        self.say(f"installed {len(env.distributions)} pinned distributions from {path}")
-        return self._side(str(path), env.distributions.values(), interpreter, {})
+        if input_kind(path) is InputKind.REQUIREMENTS:
+            loose = [
+                line
+                for line in read_requirement_file(path).lines
+                if line.pinned_version is None
+                and not (line.editable or (line.requirement and line.requirement.url))
+            ]
+            if loose:
+                raise InputError(
+                    f"{loose[0].origin}: a failing side in requirements form must be pinned "
+                    f"like `pip freeze` output, got {loose[0].text!r}"
+                )
+        return self._materialise(path, self.interpreter(python), "bad")
 
     def good(self, path: Path, bad: Side) -> Side:
-        """The working side: a live virtualenv or a requirements file, pinned or not."""
+        """The working side: a live virtualenv, a lock, or a requirements file, pinned or not.
+
+        A lock and a hash-pinned requirements file (complete by pip's rules) are installed
+        as they stand, like the bad side; any other requirements file is resolved.
+        """
         if is_virtualenv(path):
             env = read_venv(path)
             if env.interpreter.minor != bad.interpreter.minor:
@@ -98,7 +99,11 @@ class Sources:
                     f"{bad.interpreter.version}; compare envs of one Python version"
                 )
             return self._side(str(path), env.distributions.values(), bad.interpreter, {})
+        if input_kind(path) is not InputKind.REQUIREMENTS:
+            return self._materialise(path, bad.interpreter, "good")
         requirements = read_requirement_file(path)
+        if requirements.pinned and all(line.hashes for line in requirements.lines):
+            return self._materialise(path, bad.interpreter, "good")
         pins = self._resolve(requirements, bad)
         reused = {
             name: bad.packages[name]
@@ -106,7 +111,7 @@ class Sources:
             if name in bad.packages and bad.packages[name].version == version
         }
         missing = [f"{name}=={version}" for name, version in pins.items() if name not in reused]
-        fetched = self._fetch(missing, bad.interpreter) if missing else {}
+        fetched = self.fetch(missing, bad.interpreter) if missing else {}
         packages = {**reused, **{name: pkg for name, (pkg, _) in fetched.items()}}
         wheels = {name: bad.wheels[name] for name in reused}
         wheels.update({name: wheel for name, (_, wheel) in fetched.items()})
@@ -115,6 +120,32 @@ class Sources:
             if line.requirement and line.requirement.extras and line.name:
                 extras[line.name] = frozenset(canonicalize_name(x) for x in line.requirement.extras)
         return Side(str(path), packages, wheels, bad.interpreter, extras)
+
+    def _materialise(self, path: Path, interpreter: Interpreter, role: str) -> Side:
+        """Install a lock or a frozen requirements file as it stands into a scratch env, read it."""
+        kind = input_kind(path)
+        scratch = self.workspace.scratch(f"{role}-env")
+        extras: dict[NormalizedName, frozenset[str]] = {}
+        if kind is InputKind.REQUIREMENTS:
+            requirements = path
+        else:
+            lock = read_lock(path, kind, interpreter.markers)
+            extras = dict(lock.extras)
+            requirements = self.workspace.scratch("locks") / f"{role}.txt"
+            requirements.write_text(lock.requirements())
+            note = f"; left out {', '.join(lock.left_out)}" if lock.left_out else ""
+            self.say(
+                f"{path}: {len(lock.packages)} packages for Python "
+                f"{interpreter.markers['python_full_version']}{note}"
+            )
+        self.installer.create(scratch, interpreter.executable)
+        try:
+            self.installer.install_requirements(scratch, requirements)
+        except EnvironmentBuildError as exc:
+            raise EnvironmentBuildError(f"{path}: {exc}") from exc
+        env = read_venv(scratch)
+        self.say(f"installed {len(env.distributions)} pinned distributions from {path}")
+        return self._side(str(path), env.distributions.values(), interpreter, extras)
 
     def interpreter(self, python: Path | None) -> Interpreter:
         """The interpreter trial envs are made from when no live env names one."""
@@ -154,10 +185,11 @@ class Sources:
         self.say(f"resolved {requirements.path} to {len(pins)} pins")
         return pins
 
-    def _fetch(
+    def fetch(
         self, pins: list[str], interpreter: Interpreter
     ) -> dict[NormalizedName, tuple[Package, Path]]:
-        self.say(f"fetching {len(pins)} distribution(s) the bad side does not have")
+        """Fetch these pins from the index (no deps) and repack them: package and wheel."""
+        self.say(f"fetching {', '.join(pins)}")
         staging = self.workspace.scratch(f"fetch-{len(pins)}-{abs(hash(tuple(pins)))}")
         self.installer.fetch(pins, staging, interpreter.executable, self.wheelhouse)
         dists = read_distributions((staging,))

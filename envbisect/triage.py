@@ -2,8 +2,13 @@
 
 read both sides → work out the changes → confirm good passes and bad fails →
 delta-debug the changes → confirm the culprit set fails again with full time
-limits → hand a :class:`Finding` to the report. Each trial is a fresh env
-built from wheels and probed; trials of one search round run in parallel.
+limits → (``--narrow``) bisect a version culprit's releases → hand a
+:class:`Finding` to the report. Each trial is a fresh env built from wheels
+and probed; trials of one search round run in parallel.
+
+A gate lets the candidate (the bad side) decide first: when it passes there
+is nothing more to do; when it fails, the search starts with the candidate's
+and the baseline's results known.
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from packaging.utils import NormalizedName
+from packaging.version import InvalidVersion
 
 from envbisect import processes
-from envbisect.delta import Change, Delta, Package
+from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
+from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
-from envbisect.search import Outcome, SearchResult, SearchStatus, bisect
+from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
 from envbisect.sources import Side, Sources
 from envbisect.wheels import WheelCache
 
@@ -41,6 +48,7 @@ CONFIRM_FACTOR, CONFIRM_FLOOR = 4.0, 6.0
 
 
 class Verdict(StrEnum):
+    PASS = "pass"  #: gate: the candidate passes the probe
     CULPRIT_FOUND = "culprit-found"
     GOOD_FAILS = "good-fails"
     BAD_PASSES = "bad-passes"
@@ -66,6 +74,9 @@ class Options:
     boot_timeout: float = 60.0  #: consume: worker start → ready
     grace: float = 0.5  #: SIGTERM → SIGKILL
     max_time: float | None = None
+    gate: bool = False  #: probe the bad side (the candidate) alone first; stop if it passes
+    narrow: bool = False  #: bisect the releases between a version culprit's two versions
+    find_links: tuple[Path, ...] = ()  #: local wheel dirs, beside the index
 
     def limits(self, started: float) -> Limits:
         """Fresh, full limits for this run."""
@@ -83,7 +94,7 @@ class Trial:
     """One probed package set."""
 
     index: int
-    phase: str  #: "good", "bad", "search" or "confirm"
+    phase: str  #: "candidate", "good", "bad", "search", "confirm" or "narrow"
     changes: frozenset[str]
     outcome: Outcome
     results: tuple[ProbeResult, ...]
@@ -91,6 +102,7 @@ class Trial:
     build_seconds: float  #: building the env (create + install), wherever it happened
     seconds: float
     cached: bool = False
+    substitute: Package | None = None  #: narrowing: this version instead of the change's bad one
 
     @property
     def result(self) -> ProbeResult:
@@ -117,6 +129,8 @@ class Finding:
     workspace: Path | None  #: kept envs live here (with --keep-envs)
     note: str = ""
     disagreements: tuple[frozenset[str], ...] = ()
+    narrowings: tuple[Narrowing, ...] = ()
+    gate: bool = False
 
 
 class Observer(Protocol):
@@ -134,16 +148,22 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     started = time.monotonic()
     probe.check()
     run_token = processes.new_run_token()
-    backend = installer(options.installer, options.cache_dir, options.cache_dir / "logs")
+    backend = installer(
+        options.installer, options.cache_dir, options.cache_dir / "logs", options.find_links
+    )
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
     try:
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
         bad = sources.bad(options.bad, options.python)
         good = sources.good(options.good, bad)
         workspace.python = bad.interpreter.executable
-        delta = Delta(good.packages, bad.packages, bad.interpreter.markers, good.root_extras)
+        extras = {
+            name: good.root_extras.get(name, frozenset()) | bad.root_extras.get(name, frozenset())
+            for name in {*good.root_extras, *bad.root_extras}
+        }
+        delta = Delta(good.packages, bad.packages, bad.interpreter.markers, extras)
         observer.say(_summary(delta))
-        runner = _Runner(options, probe, workspace, good, bad, delta, run_token, observer)
+        runner = _Runner(options, probe, sources, workspace, good, bad, delta, run_token, observer)
         try:
             return runner.run(started)
         finally:
@@ -169,6 +189,7 @@ class _Runner:
         self,
         options: Options,
         probe: Probe,
+        sources: Sources,
         workspace: Workspace,
         good: Side,
         bad: Side,
@@ -178,6 +199,7 @@ class _Runner:
     ) -> None:
         self.options = options
         self.probe = probe
+        self.sources = sources
         self.limits = options.limits(time.monotonic())
         self.workspace = workspace
         self.good = good
@@ -186,6 +208,8 @@ class _Runner:
         self.run_token = run_token
         self.observer = observer
         self.trials: list[Trial] = []
+        self._everything = frozenset(change.name for change in delta.changes)
+        self._known: dict[frozenset[str], Trial] = {}  #: the gate's sanity pair, not probed twice
         self._lock = threading.Lock()
         self._count = 0
         self._pool = ThreadPoolExecutor(max_workers=max(2, options.jobs))
@@ -212,6 +236,10 @@ class _Runner:
 
     def run(self, started: float) -> Finding:
         names = [change.name for change in self.delta.changes]
+        if self.options.gate:
+            decided = self._gate(started)
+            if decided is not None:
+                return decided
         result = bisect(
             names,
             self.delta.closure,
@@ -234,15 +262,21 @@ class _Runner:
 
     def _sanity_failed(self, status: SearchStatus, started: float) -> Finding:
         """The good set did not pass, or the bad set did not fail: say exactly how."""
-        phase, expected, verdict = {
-            SearchStatus.GOOD_FAILS: ("good", Outcome.FAIL, Verdict.GOOD_FAILS),
-            SearchStatus.BAD_PASSES: ("bad", Outcome.PASS, Verdict.BAD_PASSES),
+        subset, expected, verdict = {
+            SearchStatus.GOOD_FAILS: (frozenset(), Outcome.FAIL, Verdict.GOOD_FAILS),
+            SearchStatus.BAD_PASSES: (self._everything, Outcome.PASS, Verdict.BAD_PASSES),
         }[status]
-        trial = next(t for t in self.trials if t.phase == phase)
-        if trial.result.diagnosis is Diagnosis.ENV_BUILD:
-            raise EnvironmentBuildError(f"the {phase} set: {trial.result.detail}")
+        # By set, not phase: with no changes both are one trial; a gate's is "candidate".
+        trial = next(t for t in self.trials if t.changes == subset)
         if trial.outcome is expected:
             return self._finding(verdict, (), trial, started)
+        side = "good set" if status is SearchStatus.GOOD_FAILS else "bad set"
+        return self._undecided(trial, side, started)
+
+    def _undecided(self, trial: Trial, side: str, started: float) -> Finding:
+        """A sanity probe that neither passed nor failed: flaky, skipped, or not run at all."""
+        if trial.result.diagnosis is Diagnosis.ENV_BUILD:
+            raise EnvironmentBuildError(f"the {side}: {trial.result.detail}")
         runs = ", ".join(r.outcome.value for r in trial.results)
         what = {
             Outcome.FLAKY: f"is flaky: its {len(trial.results)} runs disagree ({runs})",
@@ -254,7 +288,7 @@ class _Runner:
             (),
             trial,
             started,
-            note=f"the {phase} set {what}",
+            note=f"the {side} {what}",
             disagreements=(trial.changes,),
         )
 
@@ -266,6 +300,34 @@ class _Runner:
             f"trial {t.index} ({', '.join(r.outcome.value for r in t.results)})" for t in flaky
         )
         return f"; flaky trials: {listed}"
+
+    def _gate(self, started: float) -> Finding | None:
+        """The candidate decides: a verdict when it does not fail, else None (search on).
+
+        The baseline is probed alongside, as the search's sanity pair would be: a failing
+        candidate then waits only as long as the baseline's healthy worker suggests.
+        """
+        sets = list(dict.fromkeys([self._everything, frozenset()]))
+        futures = [
+            self._pool.submit(self._trial, subset, phase, self.limits)
+            for subset, phase in zip(sets, ["candidate", "good"], strict=False)
+        ]
+        try:
+            candidate, *_ = trials = [future.result() for future in futures]
+        except BaseException:
+            processes.stop_all()  # as in _oracle: the other probe need not run out its time
+            raise
+        if candidate.outcome is Outcome.PASS:
+            baseline = trials[-1]
+            note = ""
+            if baseline.outcome is not Outcome.PASS:
+                note = f"the baseline fails the probe ({baseline.outcome}): the candidate fixes it"
+            return self._finding(Verdict.PASS, (), candidate, started, note=note)
+        if candidate.outcome is not Outcome.FAIL:
+            return self._undecided(candidate, f"candidate {self.bad.label}", started)
+        # The search's sanity pair is done: it must not probe either set again.
+        self._known.update({trial.changes: trial for trial in trials})
+        return None
 
     def _confirm(self, result: SearchResult, started: float) -> Finding:
         """Re-run good + culprits with the full limits: a wrong culprit is worse than none."""
@@ -292,7 +354,68 @@ class _Runner:
         note = "interaction: these fail only together" if len(culprits) > 1 else ""
         flaky = self._flaky_note().removeprefix("; ")
         note = "; ".join(part for part in (note, flaky and f"worked around {flaky}") if part)
-        return self._finding(Verdict.CULPRIT_FOUND, culprits, confirm, started, note=note)
+        narrowings = []
+        for change in culprits if self.options.narrow else ():
+            if change.kind is ChangeKind.VERSION:
+                narrowings.append(self._narrow(change, result.failing_set, confirm))
+            else:
+                self.observer.say(f"not narrowed: {change.describe()} is not a version change")
+        return self._finding(
+            Verdict.CULPRIT_FOUND, culprits, confirm, started, note=note, narrowings=narrowings
+        )
+
+    def _narrow(self, change: Change, failing: frozenset[str], confirm: Trial) -> Narrowing:
+        """The first release from the good towards the bad version that fails, rest fixed."""
+        assert change.good is not None and change.bad is not None
+        good, bad = change.good.version, change.bad.version
+        ends = (good, bad)
+        log = self.options.cache_dir / "logs" / f"pip-index-{self.run_token}-{change.name}.log"
+        available = available_versions(
+            change.display_name, self.bad.interpreter.version, self.options.find_links, log
+        )
+        if not available:
+            note = f"pip index versions listed no release of {change.display_name} (see {log})"
+            return Narrowing(change, ends, (), None, None, note=note)
+        try:
+            line = versions_between(available, good, bad)
+        except InvalidVersion:
+            note = f"{good} or {bad} is not a PEP 440 version"
+            return Narrowing(change, ends, (), None, None, note=note)
+        self.observer.say(
+            f"narrowing {change.describe()}: {len(line) - 2} release(s) between, "
+            "the rest of the culprit set fixed"
+        )
+        rest = failing - {change.name}
+        good_end = self._earlier(rest) or self._trial(rest, "narrow", self.limits)
+        tried = [Tried(good, good_end.outcome, good_end.index, good_end.result.detail)]
+        tried.append(Tried(bad, confirm.outcome, confirm.index, confirm.result.detail))
+        if good_end.outcome is not Outcome.PASS:
+            note = f"with {change.display_name} {good} the rest of the culprit set fails too"
+            return Narrowing(change, tuple(line), tuple(tried), None, None, note=note)
+
+        def test(index: int) -> Outcome:
+            if self.limits.left() <= 0:
+                return Outcome.ERROR  # --max-time: leave the rest untested, keep the culprit
+            trial = self._trial(failing, "narrow", self.limits, swap=(change, line[index]))
+            tried.append(Tried(line[index], trial.outcome, trial.index, trial.result.detail))
+            return trial.outcome
+
+        boundary = first_failing(len(line), test)
+        untestable = tuple(line[i] for i in boundary.unresolved)
+        note = "--max-time reached while narrowing" if self.limits.left() <= 0 else ""
+        return Narrowing(
+            change,
+            tuple(line),
+            tuple(sorted(tried, key=lambda t: line.index(t.version))),
+            last_good=line[boundary.last_pass],
+            first_bad=line[boundary.first_fail],
+            untestable=untestable,
+            note=note,
+        )
+
+    def _earlier(self, subset: frozenset[str]) -> Trial | None:
+        """A search trial of exactly this set, if one ran."""
+        return next((t for t in self.trials if t.changes == subset and t.substitute is None), None)
 
     def _finding(
         self,
@@ -303,6 +426,7 @@ class _Runner:
         *,
         note: str = "",
         disagreements: Sequence[frozenset[str]] = (),
+        narrowings: Sequence[Narrowing] = (),
     ) -> Finding:
         return Finding(
             verdict=verdict,
@@ -319,6 +443,8 @@ class _Runner:
             workspace=self.workspace.root if self.options.keep_envs else None,
             note=note,
             disagreements=tuple(disagreements),
+            narrowings=tuple(narrowings),
+            gate=self.options.gate,
         )
 
     def _oracle(self, batch: Sequence[frozenset[str]]) -> list[Outcome]:
@@ -344,7 +470,7 @@ class _Runner:
         self._drop_prebuilt(keep=upcoming)
         for subset in upcoming:
             if subset not in self._prebuilt:
-                wheels = self._wheels(self.delta.trial(subset))
+                wheels = self._wheels(self.delta.trial(subset), {})
                 label = f"pre{len(self._prebuilt) + self._count}"
                 self._prebuilt[subset] = self._builder.submit(self.workspace.build, wheels, label)
 
@@ -363,23 +489,23 @@ class _Runner:
         return "search"
 
     def _trial(
-        self, subset: frozenset[str], phase: str, limits: Limits, *, use_cache: bool = True
+        self,
+        subset: frozenset[str],
+        phase: str,
+        limits: Limits,
+        *,
+        use_cache: bool = True,
+        swap: tuple[Change, str] | None = None,
     ) -> Trial:
+        """Probe good + ``subset``; with ``swap``, that version of a culprit instead of its bad."""
+        known = self._known.get(subset) if use_cache and swap is None else None
+        if known is not None:
+            return known
         with self._lock:
             self._count += 1
             index = self._count
         self.observer.trial_started(index, phase, len(subset))
-        packages = self.delta.trial(subset)
-        key = self._outcomes.key(packages, self.probe.settings(), self.options.repeat)
-        cached = self._outcomes.get(key) if use_cache else None
-        if cached is not None:
-            trial = Trial(
-                index, phase, subset, cached.outcome, (cached,), 0.0, 0.0, 0.0, cached=True
-            )
-        else:
-            trial = self._probe(index, phase, subset, packages, limits)
-            if trial.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.SKIP):
-                self._outcomes.put(key, trial.result, trial.outcome)
+        trial = self._outcome(index, phase, subset, limits, use_cache, swap)
         if phase == "good":
             problem = self.probe.unusable(trial.result)
             if problem is not None:
@@ -391,22 +517,61 @@ class _Runner:
         self.observer.trial_finished(trial)
         return trial
 
+    def _outcome(
+        self,
+        index: int,
+        phase: str,
+        subset: frozenset[str],
+        limits: Limits,
+        use_cache: bool,
+        swap: tuple[Change, str] | None,
+    ) -> Trial:
+        packages = self.delta.trial(subset)
+        fetched: dict[NormalizedName, Path] = {}
+        if swap is not None:
+            change, version = swap
+            pin = f"{change.display_name}=={version}"
+            try:
+                package, wheel = self.sources.fetch([pin], self.bad.interpreter)[change.name]
+            except (EnvbisectError, KeyError) as exc:
+                detail = f"cannot fetch {pin}: {exc}"
+                missing = Package(change.name, change.display_name, version)
+                return _unrun(index, phase, subset, Outcome.ERROR, detail, missing)
+            packages[change.name], fetched[change.name] = package, wheel
+            unmet = unmet_requirements(package, packages, self.delta.markers)
+            if unmet:
+                detail = f"untestable: {pin} needs {', '.join(unmet)}"
+                return _unrun(index, phase, subset, Outcome.SKIP, detail, package)
+        key = self._outcomes.key(packages, self.probe.settings(), self.options.repeat)
+        cached = self._outcomes.get(key) if use_cache else None
+        if cached is not None:
+            trial = Trial(
+                index, phase, subset, cached.outcome, (cached,), 0.0, 0.0, 0.0, cached=True
+            )
+        else:
+            prebuilt = self._prebuilt.pop(subset, None) if swap is None else None
+            wheels = self._wheels(packages, fetched)
+            trial = self._probe(index, phase, subset, wheels, prebuilt, limits)
+            if trial.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.SKIP):
+                self._outcomes.put(key, trial.result, trial.outcome)
+        return replace(trial, substitute=packages[swap[0].name]) if swap else trial
+
     def _probe(
         self,
         index: int,
         phase: str,
         subset: frozenset[str],
-        packages: Mapping[NormalizedName, Package],
+        wheels: list[Path],
+        prebuilt: Future[tuple[TrialEnv, BuildTimings]] | None,
         limits: Limits,
     ) -> Trial:
         started = time.monotonic()
         label = f"t{index:02d}"
-        prebuilt = self._prebuilt.pop(subset, None)
         try:
             if prebuilt is not None:
                 env, build = prebuilt.result()
             else:
-                env, build = self.workspace.build(self._wheels(packages), label)
+                env, build = self.workspace.build(wheels, label)
         except EnvbisectError as exc:
             error = ProbeResult(Outcome.ERROR, Diagnosis.ENV_BUILD, f"env build failed: {exc}")
             return Trial(
@@ -443,11 +608,16 @@ class _Runner:
             # After the worker is stopped: whatever it started that escaped its group.
             later.add(lambda: processes.kill_stragglers(token))
 
-    def _wheels(self, packages: Mapping[NormalizedName, Package]) -> list[Path]:
+    def _wheels(
+        self, packages: Mapping[NormalizedName, Package], fetched: Mapping[NormalizedName, Path]
+    ) -> list[Path]:
         return [
-            self.bad.wheels[name]
-            if self.bad.packages.get(name) == package
-            else self.good.wheels[name]
+            fetched.get(name)
+            or (
+                self.bad.wheels[name]
+                if self.bad.packages.get(name) == package
+                else self.good.wheels[name]
+            )
             for name, package in sorted(packages.items())
         ]
 
@@ -474,6 +644,20 @@ class _Runner:
             f"healthy worker: ready in {boot:.2f} s, consumed {wait * 1000:.0f} ms later; "
             f"failing trials now wait {self.limits.consume:.1f} s"
         )
+
+
+def _unrun(
+    index: int,
+    phase: str,
+    subset: frozenset[str],
+    outcome: Outcome,
+    detail: str,
+    substitute: Package,
+) -> Trial:
+    """A narrowing trial decided without a probe: the version cannot be fetched or tried."""
+    diagnosis = Diagnosis.SKIPPED if outcome is Outcome.SKIP else Diagnosis.ENV_BUILD
+    result = ProbeResult(outcome, diagnosis, detail)
+    return Trial(index, phase, subset, outcome, (result,), 0.0, 0.0, 0.0, substitute=substitute)
 
 
 class _OutcomeCache:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from packaging.utils import NormalizedName, canonicalize_name
 
-from envbisect.delta import ChangeKind, Delta, Package
+from envbisect.delta import ChangeKind, Delta, Package, unmet_requirements
 
 MARKERS = {
     "python_version": "3.12",
@@ -147,3 +147,25 @@ def test_pulled_in_by_and_path_from_top() -> None:
     assert chain[-1] == "greenlet"
     assert [p.name for p in d.path_from_top("perfsuite")] == ["perfsuite"]
     assert [str(p) for p in d.needs("telemetry-shim")] == ["gevent 26.9.0"]
+
+
+def test_a_removal_is_a_change_a_trial_applies_by_leaving_the_package_out() -> None:
+    good = side(pkg("pika", "1.4.4"), pkg("colorama", "0.4.6"), pkg("six", "1.16.0"))
+    bad = side(pkg("pika", "1.4.4"), pkg("six", "1.17.0"), pkg("humanize", "4.17.0"))
+    d = delta(good, bad)
+    kinds = {c.name: c.kind for c in d.changes}
+    assert kinds == {
+        "colorama": ChangeKind.REMOVED,
+        "humanize": ChangeKind.ADDED,
+        "six": ChangeKind.VERSION,
+    }
+    assert set(d.trial({"colorama"})) == {"pika", "six"}
+    assert d.trial({"colorama"})[NormalizedName("six")].version == "1.16.0"
+    assert d.trial(d.closure({"colorama", "humanize", "six"})) == dict(bad)
+
+
+def test_unmet_requirements_of_a_package_in_a_set() -> None:
+    client = pkg("client", "2.0", "pika>=1.0", "six", "tomli; python_version < '3.11'")
+    packages = side(pkg("pika", "0.13.1"))
+    assert unmet_requirements(client, packages, MARKERS) == ["pika>=1.0", "six"]
+    assert unmet_requirements(client, side(pkg("pika", "1.4.4"), pkg("six", "1")), MARKERS) == []

@@ -1,0 +1,164 @@
+"""The CI formats, made from the JSON report: Markdown (pull-request comment, job summary)
+and JUnit XML (the verdict as a test result).
+
+Both read the documented JSON document only (see ``envbisect/schema``), so a
+run that ended in an error is reported the same way as one that finished.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Report = Mapping[str, Any]
+
+_ICON = {
+    "pass": "✅",
+    "culprit-found": "❌",
+    "good-fails": "⚠️",
+    "bad-passes": "⚠️",
+    "inconsistent": "⚠️",
+    "error": "⚠️",
+}
+_KINDS = {"added": "added", "removed": "removed", "modified": "locally modified"}
+
+
+def markdown(report: Report) -> str:
+    """A summary fit for a pull-request comment or ``$GITHUB_STEP_SUMMARY``."""
+    verdict = report["verdict"]
+    command = report.get("command", "run")
+    lines = [f"### {_ICON[verdict]} envbisect: {_cell(_title(report))}", ""]
+    if verdict == "error":
+        lines += [f"`exit code {report['exit_code']}`: {_cell(report['error'])}", ""]
+        return "\n".join(lines)
+    good, bad = ("baseline", "candidate") if command == "gate" else ("good", "bad")
+    lines += [
+        f"- {bad}: `{report['bad']}`",
+        f"- {good}: `{report['good']}`",
+        f"- probe: `{report['probe']}`",
+        "",
+    ]
+    for culprit in report["culprits"]:
+        lines.append(f"**Culprit:** `{culprit['summary']}`  ")
+        if len(culprit["path"]) > 1:
+            lines.append(f"path: {' → '.join(f'`{step}`' for step in culprit['path'])}  ")
+        narrowed = culprit.get("narrowed")
+        if narrowed:
+            lines.append(f"**Narrowed:** {_cell(narrowed['summary'])}  ")
+    if report["note"]:
+        lines.append(f"_{_cell(report['note'])}_")
+    lines.append("")
+    evidence = report["evidence"]
+    if evidence is not None and verdict != "pass":
+        lines += [
+            f"**Evidence** (trial {evidence['trial']}): `{evidence['diagnosis']}` — "
+            f"{_cell(evidence['detail'])}",
+            "",
+        ]
+        if evidence["output"]:
+            lines += _details("worker / command output", _fenced(evidence["output"][-30:]))
+    changes = report["changed_packages"]
+    if changes:
+        table = [f"| package | {good} | {bad} | change |", "|---|---|---|---|"]
+        table += [
+            f"| {_cell(c['name'])} | {c['good_version'] or '—'} | {c['bad_version'] or '—'} "
+            f"| {c['direction'] or _KINDS.get(c['change'], c['change'])} |"
+            for c in changes
+        ]
+        lines += _details(f"{len(changes)} change(s) from {good} to {bad}", table)
+    trials = report["trials"]
+    if trials:
+        table = ["| # | phase | changes | outcome | s | why |", "|---:|---|---:|---|---:|---|"]
+        table += [
+            f"| {t['index']} | {t['phase']} | {t['size']} | {t['outcome']} "
+            f"| {t['seconds']:.1f} | {_cell(t['diagnosis'])}: {_cell(t['detail'])} |"
+            for t in trials
+        ]
+        lines += _details(f"{len(trials)} trial(s) in {report['seconds']:.1f} s", table)
+    lines += [
+        f"<sub>envbisect {report['tool']['version']} · installer {report['installer']} · "
+        f"exit code {report['exit_code']}</sub>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def junit(report: Report) -> str:
+    """One test case, "the candidate (bad side) passes the probe", as JUnit XML."""
+    verdict = report["verdict"]
+    command = report.get("command", "run")
+    seconds = f"{report.get('seconds', 0.0):.3f}"
+    subject = report.get("bad", "the environment")
+    case_name = f"{subject} passes {report.get('probe', 'the probe')}"
+    suites = ET.Element("testsuites", name="envbisect", tests="1", time=seconds)
+    suite = ET.SubElement(suites, "testsuite", name=f"envbisect {command}", tests="1")
+    suite.set("time", seconds)
+    properties = ET.SubElement(suite, "properties")
+    for key in ("verdict", "exit_code", "good", "bad", "probe", "installer"):
+        if key in report:
+            ET.SubElement(properties, "property", name=key, value=str(report[key]))
+    case = ET.SubElement(suite, "testcase", classname=f"envbisect.{command}", name=case_name)
+    case.set("time", seconds)
+    kind = _junit_kind(verdict, command)
+    if kind is not None:
+        element = ET.SubElement(case, kind, message=_title(report))
+        if kind != "skipped":
+            element.set("type", verdict)
+            element.text = report.get("error") or _body(report)
+    counts = {"failures": "failure", "errors": "error", "skipped": "skipped"}
+    for parent in (suites, suite):
+        for attribute, counted in counts.items():
+            parent.set(attribute, str(int(kind == counted)))
+    if report.get("trials"):
+        ET.SubElement(case, "system-out").text = "\n".join(
+            f"trial {t['index']} {t['phase']} {t['outcome']} {t['seconds']:.1f}s "
+            f"{' '.join(t['packages'])}: {t['diagnosis']}: {t['detail']}"
+            for t in report["trials"]
+        )
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _junit_kind(verdict: str, command: str) -> str | None:
+    """How the verdict shows as a test result: passed (None), failure, error or skipped."""
+    if verdict == "pass":
+        return None
+    if verdict == "bad-passes":
+        return "skipped"  # the bad env works: nothing reproduced, nothing to blame
+    if verdict == "culprit-found" or (command == "gate" and verdict == "good-fails"):
+        return "failure"  # the candidate fails (a failing baseline does not excuse it)
+    return "error"
+
+
+def _title(report: Report) -> str:
+    if report["verdict"] == "error":
+        return f"{report.get('command', 'run')}: error: {report['error']}"
+    return str(report["summary"])
+
+
+def _body(report: Report) -> str:
+    lines = [str(report["summary"])]
+    lines += [f"culprit: {c['summary']}" for c in report.get("culprits", [])]
+    evidence = report.get("evidence")
+    if evidence:
+        lines.append(f"evidence (trial {evidence['trial']}): {evidence['detail']}")
+        lines += evidence["output"][-30:]
+    return "\n".join(lines)
+
+
+def _details(summary: str, body: Sequence[str]) -> list[str]:
+    return ["<details>", f"<summary>{_cell(summary)}</summary>", "", *body, "", "</details>", ""]
+
+
+def _fenced(lines: Sequence[str]) -> list[str]:
+    """A code block whose fence is longer than any run of backticks in ``lines``."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}text", *lines, fence]
+
+
+def _cell(text: object) -> str:
+    """Text safe inside a Markdown table cell or line: no pipes, tags or line breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,79 @@
+"""The command line's error path: one clean line, the documented code, every report written."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from envbisect.cli import main
+from envbisect.errors import ExitCode
+
+from .conftest import ROOT
+from .test_reports import SCHEMA
+
+LOCKS = ROOT / "fixtures" / "locks"
+
+
+def test_a_garbled_lock_is_one_line_with_its_line_number_and_every_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "pr" / "uv.lock"
+    broken.parent.mkdir()
+    broken.write_text('version = 1\n[[package]]\nname = "pika"\nversion = 0.12.0\n')
+    summary = tmp_path / "step-summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code = main(
+        [
+            "gate",
+            "--baseline",
+            str(LOCKS / "uv" / "baseline" / "uv.lock"),
+            "--candidate",
+            str(broken),
+            "--probe",
+            "import:json",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "out" / "report.json"),
+            "--markdown",
+            str(tmp_path / "out" / "report.md"),
+            "--junit",
+            str(tmp_path / "out" / "junit.xml"),
+        ]
+    )
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("envbisect: error:")]
+    assert line.startswith(f"envbisect: error: {broken}: not valid TOML")
+    assert "line 4" in line
+    assert "Traceback" not in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert (report["verdict"], report["exit_code"], report["command"]) == ("error", 2, "gate")
+    assert "not valid TOML" in (tmp_path / "out" / "report.md").read_text()
+    (error,) = ET.parse(tmp_path / "out" / "junit.xml").getroot().iter("error")
+    assert "not valid TOML" in (error.get("message") or "")
+    assert summary.read_text().startswith("earlier step\n### ⚠️ envbisect: gate: error:")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--find-links", "/nonexistent-dir"], "--find-links /nonexistent-dir: not a directory"),
+        (["--candidate", "/nonexistent.lock"], "/nonexistent.lock: no such file or directory"),
+    ],
+)
+def test_bad_gate_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    base = ["gate", "--baseline", str(LOCKS / "requirements" / "baseline.txt")]
+    if "--candidate" not in args:
+        base += ["--candidate", str(LOCKS / "requirements" / "candidate.txt")]
+    code = main([*base, *args, "--probe", "import:json", "--cache-dir", str(tmp_path)])
+    assert code == ExitCode.USAGE
+    assert f"envbisect: error: {message}" in capsys.readouterr().err

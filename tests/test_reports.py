@@ -1,0 +1,190 @@
+"""The JSON report against its shipped schema, and the CI formats made from it (no I/O)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from envbisect.ci import junit, markdown
+from envbisect.delta import ChangeKind, Delta
+from envbisect.narrow import Narrowing, Tried
+from envbisect.probes.base import Diagnosis, ProbeResult
+from envbisect.report import error_json, summary_line, to_json
+from envbisect.search import Outcome
+from envbisect.triage import Finding, Trial, Verdict
+
+from .conftest import ROOT
+from .test_delta import MARKERS, pkg, side
+
+SCHEMA = json.loads((ROOT / "envbisect" / "schema" / "report.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+GOOD = side(pkg("pika", "1.4.4"), pkg("colorama", "0.4.6"), pkg("six", "1.16.0"))
+BAD = side(pkg("pika", "0.12.0"), pkg("six", "1.17.0"), pkg("humanize", "4.17.0"))
+DELTA = Delta(GOOD, BAD, MARKERS, {})
+PASSED = ProbeResult(Outcome.PASS, Diagnosis.CONSUMED, "actor ran 17 ms after ready", (), {})
+FAILED = ProbeResult(
+    Outcome.FAIL,
+    Diagnosis.CONSUMER_ERRORS,
+    "consumer error loop | first: AttributeError",
+    ("```", "AttributeError: module 'collections' has no attribute 'Callable'", "<b>"),
+    {"boot": 0.2, "wait": 1.5},
+)
+EVERYTHING = frozenset(c.name for c in DELTA.changes)
+
+
+def trial(index: int, phase: str, changes: set[str], result: ProbeResult, **kw: Any) -> Trial:
+    return Trial(index, phase, frozenset(changes), result.outcome, (result,), 0.1, 0.1, 1.0, **kw)
+
+
+def finding(verdict: Verdict, *, gate: bool, narrow: bool = False) -> Finding:
+    pika = DELTA.change("pika")
+    trials = [
+        trial(1, "candidate" if gate else "bad", set(EVERYTHING), FAILED),
+        trial(2, "good", set(), PASSED),
+        trial(3, "confirm", {"pika"}, FAILED),
+        trial(4, "narrow", {"pika"}, FAILED, substitute=pkg("pika", "0.13.1")),
+    ]
+    narrowing = Narrowing(
+        pika,
+        ("1.4.4", "1.0.0", "0.13.1", "0.12.0"),
+        (
+            Tried("1.4.4", Outcome.PASS, 2),
+            Tried("0.13.1", Outcome.FAIL, 4, "consumer error loop"),
+            Tried("0.12.0", Outcome.FAIL, 3),
+        ),
+        last_good="1.4.4",
+        first_bad="0.13.1",
+        untestable=("1.0.0",),
+    )
+    found = verdict is Verdict.CULPRIT_FOUND
+    return Finding(
+        verdict=verdict,
+        delta=DELTA,
+        culprits=(pika,) if found else (),
+        trials=tuple(trials if found else trials[:2]),
+        evidence=trials[2] if found else trials[0],
+        seconds=12.5,
+        probe="consume on amqp://guest:***@127.0.0.1:5672/",
+        good="base/uv.lock",
+        bad="pr/uv.lock",
+        installer="uv",
+        jobs=2,
+        workspace=None,
+        narrowings=(narrowing,) if narrow else (),
+        gate=gate,
+    )
+
+
+def valid(report: dict[str, Any]) -> dict[str, Any]:
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in VALIDATOR.iter_errors(report)]
+    assert errors == []
+    return report
+
+
+def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_the_schema_knows_every_value_the_code_can_write() -> None:
+    defs = SCHEMA["$defs"]
+    assert set(defs["diagnosis"]["enum"]) == {d.value for d in Diagnosis}
+    assert set(defs["outcome"]["enum"]) == {o.value for o in Outcome}
+    assert set(defs["change_kind"]["enum"]) == {k.value for k in ChangeKind}
+    assert set(SCHEMA["properties"]["verdict"]["enum"]) == {v.value for v in Verdict} | {"error"}
+
+
+def test_gate_regression_with_narrowing_validates_and_names_the_first_bad_version() -> None:
+    report = valid(to_json(finding(Verdict.CULPRIT_FOUND, gate=True, narrow=True), 1))
+    assert report["command"] == "gate"
+    (culprit,) = report["culprits"]
+    assert culprit["narrowed"]["first_bad"] == "0.13.1"
+    assert culprit["narrowed"]["untestable"] == ["1.0.0"]
+    assert report["trials"][3]["packages"] == ["pika==0.13.1"]  # the version it tried
+    assert {c["name"]: c["change"] for c in report["changed_packages"]} == {
+        "colorama": "removed",
+        "humanize": "added",
+        "pika": "version",
+        "six": "version",
+    }
+    assert report["summary"].startswith("gate failed: regression: pika 1.4.4 → 0.12.0")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "gate"),
+    [(Verdict.PASS, True), (Verdict.BAD_PASSES, False), (Verdict.INCONSISTENT, True)],
+)
+def test_other_verdicts_validate(verdict: Verdict, gate: bool) -> None:
+    report = valid(to_json(finding(verdict, gate=gate), 0 if verdict is Verdict.PASS else 4))
+    assert report["culprits"] == []
+
+
+def test_an_error_report_validates_and_a_broken_one_does_not() -> None:
+    valid(error_json("uv.lock: not valid TOML (at line 2)", 2, "gate"))
+    assert list(VALIDATOR.iter_errors({"schema_version": 1, "verdict": "error", "exit_code": 2}))
+    wrong = to_json(finding(Verdict.PASS, gate=True), 0) | {"verdict": "passed"}
+    assert list(VALIDATOR.iter_errors(wrong))
+
+
+def test_markdown_for_a_pull_request_comment() -> None:
+    text = markdown(to_json(finding(Verdict.CULPRIT_FOUND, gate=True, narrow=True), 1))
+    assert text.startswith("### ❌ envbisect: gate failed: regression: pika 1.4.4 → 0.12.0")
+    assert "**Narrowed:** first bad pika version: 0.13.1" in text
+    assert "| colorama | 0.4.6 | — | removed |" in text
+    assert "| pika | 1.4.4 | 0.12.0 | downgrade |" in text
+    assert "consumer error loop \\| first" in text  # a pipe cannot break the table
+    # The worker's own ``` cannot end the code block early; its HTML stays text.
+    assert "````text" in text
+    assert "<b>" not in text.split("````text")[0]
+
+
+def test_markdown_of_a_passing_gate_and_of_an_error() -> None:
+    passed = markdown(to_json(finding(Verdict.PASS, gate=True), 0))
+    assert passed.startswith("### ✅ envbisect: gate passed: the candidate pr/uv.lock passes")
+    assert "4 change(s) from baseline to candidate" in passed
+    error = markdown(error_json("broker unreachable", 5, "gate"))
+    assert "exit code 5" in error
+    assert "broker unreachable" in error
+
+
+@pytest.mark.parametrize(
+    ("verdict", "gate", "kind"),
+    [
+        (Verdict.PASS, True, None),
+        (Verdict.CULPRIT_FOUND, True, "failure"),
+        (Verdict.CULPRIT_FOUND, False, "failure"),
+        (Verdict.GOOD_FAILS, True, "failure"),
+        (Verdict.GOOD_FAILS, False, "error"),
+        (Verdict.BAD_PASSES, False, "skipped"),
+        (Verdict.INCONSISTENT, True, "error"),
+    ],
+)
+def test_junit_shows_the_verdict_as_one_test_result(
+    verdict: Verdict, gate: bool, kind: str | None
+) -> None:
+    root = ET.fromstring(junit(to_json(finding(verdict, gate=gate), 0)))
+    (case,) = root.iter("testcase")
+    results = [child.tag for child in case if child.tag != "system-out"]
+    assert results == ([kind] if kind else [])
+    for counted, tag in (("failures", "failure"), ("errors", "error"), ("skipped", "skipped")):
+        assert root.get(counted) == str(int(kind == tag))
+    assert case.get("name", "").startswith("pr/uv.lock passes consume")
+
+
+def test_junit_of_an_error(tmp_path: Path) -> None:
+    root = ET.fromstring(junit(error_json("--find-links x: not a directory", 2, "run")))
+    (error,) = root.iter("error")
+    assert error.get("message") == "run: error: --find-links x: not a directory"
+    assert root.get("errors") == "1"
+
+
+def test_summary_line_of_a_run_culprit() -> None:
+    found = finding(Verdict.CULPRIT_FOUND, gate=False, narrow=True)
+    assert summary_line(found) == (
+        "culprit found: pika 1.4.4 → 0.12.0 (downgrade); first bad pika version 0.13.1"
+    )
