@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/envbisect run --bad $(DEMO_ENV) --good fixtures/minimal.txt --json build/demo/report.json
 
 lint: install
-	$(BIN)/ruff check envbisect tests fixtures/build.py bench
-	$(BIN)/ruff format --check envbisect tests fixtures/build.py bench
+	$(BIN)/ruff check envbisect tests fixtures/build.py $(wildcard bench)
+	$(BIN)/ruff format --check envbisect tests fixtures/build.py $(wildcard bench)
 
 typecheck: install
 	$(BIN)/mypy
