@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -30,6 +31,10 @@ for _noisy in ("pika", "dramatiq"):
     logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
 
+# user:password@ in any URL-shaped text, e.g. a worker log line or an env dump.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)(@)")
+
+
 def mask(url: str) -> str:
     """The URL with its password replaced by ``***``, for anything printed or written."""
     parts = urllib.parse.urlsplit(url)
@@ -41,6 +46,11 @@ def mask(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***\3", text)
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class RabbitClient(BrokerClient):
     def _channel(self) -> Iterator[object]:
         import pika
         import pika.exceptions
+        from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
         try:
             connection = pika.BlockingConnection(pika.URLParameters(self._url()))
@@ -124,7 +135,9 @@ class RabbitClient(BrokerClient):
             raise BrokerError(f"RabbitMQ at {self.masked} refused the credentials") from exc
         except pika.exceptions.ProbableAccessDeniedError as exc:
             raise BrokerError(f"RabbitMQ at {self.masked} denied access to the vhost") from exc
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        # A peer that accepts the connection and never answers ends in a connector
+        # (handshake) timeout, which is not an AMQPError.
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             raise BrokerError(
                 f"cannot reach RabbitMQ at {self.masked}: {_reason(exc)} (start it, e.g. "
                 "`rabbitmq-server -detached`, or point --broker-url / ENVBISECT_BROKER_URL at one)"
@@ -142,12 +155,13 @@ class RabbitClient(BrokerClient):
     def send(self, queue: str, token: str) -> None:
         import pika.exceptions
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
         broker = RabbitmqBroker(url=self._url(), middleware=[])
         try:
             broker.declare_queue(queue)
             broker.enqueue(probe_message(queue, token))
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             raise BrokerError(f"cannot send to RabbitMQ at {self.masked}: {_reason(exc)}") from exc
         finally:
             with contextlib.suppress(Exception):
@@ -179,7 +193,8 @@ def _reopen(channel: object) -> object:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    # pika's AMQPConnectionError has an empty str(); its repr names the cause.
+    text = str(exc).strip() or repr(exc)
     if "ConnectionRefused" in text or "Connection refused" in text:
         return "connection refused"
     if "timed out" in text.lower() or "Timeout" in text:

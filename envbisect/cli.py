@@ -16,7 +16,7 @@ from platformdirs import user_cache_dir
 from rich.console import Console
 
 from envbisect import processes
-from envbisect.broker import DEFAULT_URL, connect, mask
+from envbisect.broker import DEFAULT_URL, connect, mask_urls
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
@@ -146,8 +146,12 @@ def run(
     )
     the_probe = _probe(probe, probe_cmd, cwd, broker_url)
     out = Console(highlight=False)
-    progress = Console(stderr=True, highlight=False)
-    progress.print(f"envbisect: bad={bad} good={good} probe={the_probe.describe()}")
+    # soft_wrap: a progress line stays one line, whatever the terminal width.
+    progress = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not quiet:
+        progress.print(
+            f"envbisect: bad={bad} good={good} probe={the_probe.describe()}", markup=False
+        )
     try:
         finding = triage(options, the_probe, ConsoleObserver(progress, quiet=quiet))
     except EnvbisectError as exc:
@@ -182,7 +186,8 @@ def _writable_cache(path: Path) -> Path:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"--cache-dir {path}: not writable ({exc.strerror})") from exc
-    return path
+    # Absolute: the wheelhouse links to repacked wheels in it from another directory.
+    return path.resolve()
 
 
 def _error_json(exc: EnvbisectError) -> dict[str, object]:
@@ -190,7 +195,7 @@ def _error_json(exc: EnvbisectError) -> dict[str, object]:
         "schema_version": 1,
         "verdict": "error",
         "exit_code": int(exc.exit_code),
-        "error": str(exc),
+        "error": mask_urls(str(exc)),
     }
 
 
@@ -229,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print(f"envbisect: interrupted by {exc}; cleaned up")
         return int(ExitCode.INTERRUPTED if exc.signum == signal.SIGINT else ExitCode.TERMINATED)
     except EnvbisectError as exc:
-        errors.print(f"envbisect: error: {mask_secrets(str(exc))}", markup=False)
+        errors.print(f"envbisect: error: {mask_urls(str(exc))}", markup=False)
         return int(exc.exit_code)
     except typer.Exit as exc:
         return int(exc.exit_code)
@@ -243,11 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors.print(f"envbisect: error: {exc.format_message()}", markup=False)
         return int(ExitCode.USAGE)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
-
-
-def mask_secrets(text: str) -> str:
-    """Mask any broker URL password that made it into a message."""
-    return " ".join(mask(word) if "://" in word else word for word in text.split(" "))
 
 
 def run_cli() -> None:

@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbisect.broker import BrokerClient, QueueState
-from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv, tail
+from envbisect.probes.base import (
+    Diagnosis,
+    Later,
+    Limits,
+    Probe,
+    ProbeResult,
+    TrialEnv,
+    log_lines,
+    tail,
+)
 from envbisect.processes import Child, Stopped
 from envbisect.search import Outcome
 
@@ -229,7 +238,7 @@ def _verdict(
             evidence,
             timings,
         )
-    errors = [line for line in _log_lines(log) if _CONSUMER_ERROR.search(line)]
+    errors = [line for line in log_lines(log) if _CONSUMER_ERROR.search(line)]
     if errors:
         first = next((line for line in errors if "encountered" in line), errors[0])
         return ProbeResult(
@@ -270,13 +279,6 @@ def _verdict(
         evidence,
         timings,
     )
-
-
-def _log_lines(log: Path) -> list[str]:
-    try:
-        return log.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
 
 
 def _module_digest() -> str:
