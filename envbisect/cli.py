@@ -89,6 +89,9 @@ MaxTimeOpt = Annotated[float | None, typer.Option(min=1, help="Bound for the who
 PythonOpt = Annotated[
     Path | None, typer.Option(help="Interpreter for trial envs when no side is a virtualenv.")
 ]
+OfflineOpt = Annotated[
+    bool, typer.Option(help="Never reach a package index: the good set must come from the bad env.")
+]
 KeepOpt = Annotated[bool, typer.Option(help="Keep trial environments (their path is printed).")]
 OutcomeCacheOpt = Annotated[
     Path | None, typer.Option(help="Where trial outcomes are cached [default: CACHE_DIR/outcomes].")
@@ -121,6 +124,7 @@ def run(
     repeat: RepeatOpt = 1,
     max_time: MaxTimeOpt = None,
     python: PythonOpt = None,
+    offline: OfflineOpt = False,
     keep_envs: KeepOpt = False,
     outcome_cache: OutcomeCacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -143,6 +147,7 @@ def run(
         timeout=timeout,
         boot_timeout=boot_timeout,
         max_time=max_time,
+        offline=offline,
     )
     the_probe = _probe(probe, probe_cmd, cwd, broker_url)
     out = Console(highlight=False)

@@ -26,7 +26,7 @@ from packaging.utils import NormalizedName
 from envbisect import processes
 from envbisect.delta import Change, Delta, Package
 from envbisect.envs import BuildTimings, Workspace, installer
-from envbisect.errors import EnvbisectError, InputError, TimeLimitError
+from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect
 from envbisect.sources import Side, Sources
@@ -66,6 +66,7 @@ class Options:
     boot_timeout: float = 60.0  #: consume: worker start → ready
     grace: float = 0.5  #: SIGTERM → SIGKILL
     max_time: float | None = None
+    offline: bool = False  #: never reach a package index: the bad side's wheels only
 
     def limits(self, started: float) -> Limits:
         """Fresh, full limits for this run."""
@@ -134,7 +135,11 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     started = time.monotonic()
     probe.check()
     run_token = processes.new_run_token()
-    backend = installer(options.installer, options.cache_dir, options.cache_dir / "logs")
+    backend = installer(
+        options.installer, options.cache_dir, options.cache_dir / "logs", offline=options.offline
+    )
+    if options.max_time is not None:
+        backend.deadline = started + options.max_time
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
     try:
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
@@ -359,7 +364,11 @@ class _Runner:
                 env, build = prebuilt.result()
             else:
                 env, build = self.workspace.build(self._wheels(packages), label)
-        except EnvbisectError as exc:
+        except EnvironmentBuildError as exc:
+            # Without the good, bad or culprit env there is no true verdict to give ("the
+            # good set fails" would be a lie), and a full disk fails every later build.
+            if phase != "search" or exc.disk_full:
+                raise
             error = ProbeResult(Outcome.ERROR, Diagnosis.CRASHED, f"env build failed: {exc}")
             return Trial(
                 index, phase, subset, Outcome.ERROR, (error,), 0.0, 0.0, time.monotonic() - started
