@@ -21,6 +21,7 @@ from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe
+from envbisect.processes import Interrupted
 from envbisect.report import ConsoleObserver, render, to_json, write_json
 from envbisect.triage import Options, Verdict, triage
 
@@ -43,14 +44,6 @@ _VERDICT_CODES = {
     Verdict.BAD_PASSES: ExitCode.BAD_PASSES,
     Verdict.INCONSISTENT: ExitCode.INCONSISTENT,
 }
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwind through every cleanup, then exit."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 CACHE_DIR = Path(user_cache_dir("envbisect"))
@@ -161,13 +154,20 @@ def run(
         finding = triage(options, the_probe, ConsoleObserver(progress, quiet=quiet))
     except EnvbisectError as exc:
         if json_path is not None:
-            write_json(json_path, _error_json(exc))
+            _write_json(json_path, _error_json(exc))
         raise
     code = _VERDICT_CODES[finding.verdict]
     render(finding, out)
     if json_path is not None:
-        write_json(json_path, to_json(finding, int(code)))
+        _write_json(json_path, to_json(finding, int(code)))
     return int(code)
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    try:
+        write_json(path, data)
+    except OSError as exc:
+        raise InputError(f"--json {path}: cannot write it ({exc.strerror})") from exc
 
 
 def _probe(kind: str, command: str | None, cwd: Path | None, broker_url: str) -> Probe:
@@ -211,8 +211,7 @@ def _signals_raise() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        processes.shutdown()
-        raise Interrupted(signum)
+        processes.interrupt(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

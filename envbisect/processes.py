@@ -212,9 +212,48 @@ def shutdown() -> None:
         _signal_group(child.pid, signal.SIGKILL)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwind through every cleanup, then exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_CLEANING = [0]  #: depth of cleaning_up() blocks (signal handlers run in the main thread)
+_DEFERRED: list[int] = []
+
+
+def interrupt(signum: int) -> None:
+    """Act on SIGINT/SIGTERM (called by the signal handler): stop every child, then raise
+    :class:`Interrupted` — at the end of the clean-up under way, if there is one."""
+    shutdown()
+    if _CLEANING[0]:
+        _DEFERRED.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def cleaning_up() -> Iterator[None]:
+    """A clean-up that an interrupt must not cut short (half a removed temp dir is debris).
+
+    A signal that arrives meanwhile stops the children at once, as always, but is
+    raised as :class:`Interrupted` only when the block is done.
+    """
+    _CLEANING[0] += 1
+    try:
+        yield
+    finally:
+        _CLEANING[0] -= 1
+        if not _CLEANING[0] and _DEFERRED:
+            raise Interrupted(_DEFERRED.pop())
+
+
 def reset() -> None:
     """Allow children again (a new run in the same process, e.g. in tests)."""
     _STOPPING.clear()
+    _DEFERRED.clear()
 
 
 def processes_with_token(token: str) -> list[int]:

@@ -152,11 +152,13 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         try:
             return runner.run(started)
         finally:
-            runner.close()
+            with processes.cleaning_up():
+                runner.close()
     finally:
-        processes.stop_all()
-        processes.kill_stragglers(run_token)
-        workspace.close()
+        with processes.cleaning_up():
+            processes.stop_all()
+            processes.kill_stragglers(run_token)
+            workspace.close()
 
 
 def _summary(delta: Delta) -> str:
