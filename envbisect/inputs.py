@@ -297,7 +297,7 @@ def _quiet_pip() -> Iterator[None]:
 
 _FROM_LINE = re.compile(r"\s*\(from line (\d+) of (.+?)\)")
 _OPTPARSE_PREFIX = re.compile(r"^\S+: error: ")
-_UNNAMED = re.compile(r"^Invalid requirement: (\S+)$|^(\S+) is not a valid editable requirement")
+_UNNAMED = re.compile(r"^Invalid requirement: (.+)$|^(\S+) is not a valid editable requirement")
 
 
 def _parse_error(path: Path, text: str) -> str:

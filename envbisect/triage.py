@@ -402,6 +402,10 @@ class _Runner:
         token = f"{self.run_token}-{label}"
         try:
             return self.probe.run(env, token, limits, later)
+        except OSError as exc:
+            # The probe's own files in the trial's scratch dir (module, socket, log):
+            # a full disk, almost always, and then every later trial fails too.
+            raise EnvironmentBuildError.from_os_error(f"probing in {env.scratch}", exc) from exc
         finally:
             # After the worker is stopped: whatever it started that escaped its group.
             later.add(lambda: processes.kill_stragglers(token))

@@ -13,10 +13,12 @@ and the probe's queues are deleted.
 from __future__ import annotations
 
 import json
+import os
 import re
 import selectors
 import shutil
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,12 +66,14 @@ class ConsumeProbe(Probe):
         module_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROBE_MODULE, module_dir / "envbisect_probe.py")
         log = trial.scratch / "worker.log"
-        address = trial.scratch / "events.sock"
+        # Linux's abstract namespace: no file, so no path-length limit (a long TMPDIR
+        # broke every trial) and nothing to remove; senders are checked by uid instead.
+        address = f"envbisect-{token}"
         environ = trial.environ(
             token,
             {
                 "PYTHONPATH": str(module_dir),
-                "ENVBISECT_PROBE_SOCKET": str(address),
+                "ENVBISECT_PROBE_SOCKET": f"@{address}",
                 "ENVBISECT_PROBE_QUEUE": queue,
                 "ENVBISECT_BROKER_URL": self.broker.url,
                 "ENVBISECT_PROBE_ASYNC": "1" if self.asyncio else "0",
@@ -78,7 +82,8 @@ class ConsumeProbe(Probe):
         argv = [str(trial.python), "-m", "dramatiq", "envbisect_probe", "-p", "1", "-t", "1"]
         worker: Child | None = None
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as events:
-            events.bind(str(address))
+            events.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            events.bind(f"\0{address}")
             try:
                 self.broker.send(queue, token)
                 worker = Child(argv, env=environ, cwd=trial.scratch, output=log)
@@ -159,7 +164,9 @@ class _Watch:
         self.ended_at = time.monotonic()
 
     def _read_event(self) -> None:
-        payload, _ = self.events.recvfrom(65536)
+        payload, ancillary, _, _ = self.events.recvmsg(65536, _CREDENTIALS_SPACE)
+        if not _from_our_user(ancillary):
+            return
         try:
             event = json.loads(payload)
         except ValueError:
@@ -193,6 +200,19 @@ class _Watch:
         if self.ready_at is None:
             return {"boot": end - self.started, "wait": 0.0}
         return {"boot": self.ready_at - self.started, "wait": end - self.ready_at}
+
+
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+
+
+def _from_our_user(ancillary: list[tuple[int, int, bytes]]) -> bool:
+    """Only processes of our own user may report (what a 0700 directory ensured before)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            _, uid, _ = _UCRED.unpack(data[: _UCRED.size])
+            return bool(uid == os.getuid())
+    return False
 
 
 def _verdict(
