@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from envbisect.errors import BrokerError
+from envbisect.errors import BrokerError, InputError
 
 if TYPE_CHECKING:
     from dramatiq import Message
@@ -37,14 +37,18 @@ _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)(
 
 def mask(url: str) -> str:
     """The URL with its password replaced by ``***``, for anything printed or written."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL we can take apart: mask by pattern
+        return mask_urls(url)
     if parts.password is None:
         return url
     user = urllib.parse.quote(parts.username or "", safe="")
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -90,16 +94,20 @@ class BrokerClient(ABC):
 
 
 def connect(url: str) -> BrokerClient:
-    """The client for this URL's scheme."""
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme in ("amqp", "amqps"):
+    """The client for this URL's scheme; a URL that cannot be one is bad input."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise InputError(f"--broker-url {mask(url)}: not a valid URL ({exc})") from exc
+    if parts.scheme in ("amqp", "amqps"):
         return RabbitClient(url)
-    if scheme in ("redis", "rediss", "unix"):
+    if parts.scheme in ("redis", "rediss", "unix"):
         from envbisect.broker_redis import RedisClient
 
         return RedisClient(url)
-    raise BrokerError(
-        f"unsupported broker URL scheme {scheme!r} in {mask(url)} (amqp://, redis://)"
+    raise InputError(
+        f"--broker-url {mask(url)}: unsupported scheme {parts.scheme!r} (amqp://, redis://)"
     )
 
 

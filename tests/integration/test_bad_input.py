@@ -225,6 +225,20 @@ def test_wrong_broker_credentials(run: Callable[..., Ran]) -> None:
     assert "not-the-password" not in ran.stderr + ran.stdout
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("amqp://guest:sekrit@127.0.0.1:notaport/", "not a valid URL"),
+        ("http://guest:sekrit@127.0.0.1:5672/", "unsupported scheme 'http'"),
+    ],
+)
+def test_broker_url_that_cannot_be_one(run: Callable[..., Ran], url: str, says: str) -> None:
+    ran = run("--broker-url", url)
+    line = one_error_line(ran, ExitCode.USAGE)
+    assert says in line and "guest:***@" in line
+    assert "sekrit" not in ran.stderr
+
+
 @contextlib.contextmanager
 def silent_server() -> Iterator[int]:
     """A TCP peer that accepts connections and never says a word: a broken broker."""
