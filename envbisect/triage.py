@@ -311,7 +311,8 @@ class _Runner:
         for subset in [s for s in self._prebuilt if s not in keep]:
             future = self._prebuilt.pop(subset)
             if not future.cancel():
-                with contextlib.suppress(EnvbisectError):  # a failed build left nothing
+                # A failed build, or one cut short by an interrupt, left nothing to discard.
+                with contextlib.suppress(EnvbisectError, processes.ShuttingDown):
                     self.workspace.discard(future.result()[0])
 
     def _phase(self, subset: frozenset[str]) -> str:
