@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from envbisect import __version__
+from envbisect.broker import mask_urls
 from envbisect.delta import Change, ChangeKind, Delta
 from envbisect.search import Outcome
 from envbisect.triage import Finding, Trial, Verdict
@@ -36,7 +37,7 @@ class ConsoleObserver:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]·[/dim] {escape(text)}")
+            self.console.print(f"[dim]·[/dim] {escape(mask_urls(text))}")
 
     def trial_started(self, index: int, phase: str, size: int) -> None:
         pass  # parallel trials would interleave "started" lines; report on finish only

@@ -24,6 +24,7 @@ from typing import Protocol
 from packaging.utils import NormalizedName
 
 from envbisect import processes
+from envbisect.broker import mask_urls
 from envbisect.delta import Change, Delta, Package
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
@@ -372,7 +373,9 @@ class _Runner:
             # good set fails" would be a lie), and a full disk fails every later build.
             if phase != "search" or exc.disk_full:
                 raise
-            error = ProbeResult(Outcome.ERROR, Diagnosis.CRASHED, f"env build failed: {exc}")
+            # An installer's error may quote an index URL with its credentials.
+            detail = mask_urls(f"env build failed: {exc}")
+            error = ProbeResult(Outcome.ERROR, Diagnosis.CRASHED, detail)
             return Trial(
                 index, phase, subset, Outcome.ERROR, (error,), 0.0, 0.0, time.monotonic() - started
             )
