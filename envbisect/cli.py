@@ -128,14 +128,18 @@ def run(
     options = Options(
         bad=bad,
         good=good,
-        cache_dir=_writable_cache(cache_dir),
+        cache_dir=_writable("--cache-dir", cache_dir),
         installer=installer,
         python=python,
         jobs=jobs,
         repeat=repeat,
         keep_envs=keep_envs,
         outcome_cache=not no_cache,
-        outcome_cache_dir=outcome_cache,
+        outcome_cache_dir=(
+            None
+            if outcome_cache is None or no_cache
+            else _writable("--outcome-cache", outcome_cache)
+        ),
         adaptive=not fixed_timeout,
         timeout=timeout,
         boot_timeout=boot_timeout,
@@ -183,14 +187,14 @@ def _probe(kind: str, command: str | None, cwd: Path | None, broker_url: str) ->
     )
 
 
-def _writable_cache(path: Path) -> Path:
+def _writable(option: str, path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"--cache-dir {path}: not writable ({exc.strerror})") from exc
+        raise InputError(f"{option} {path}: not writable ({exc.strerror})") from exc
     # Absolute: the wheelhouse links to repacked wheels in it from another directory.
     return path.resolve()
 

@@ -479,8 +479,12 @@ class _OutcomeCache:
     def put(self, key: str, result: ProbeResult, outcome: Outcome) -> None:
         if not self.enabled:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         data = asdict(result) | {"outcome": outcome.value}
         tmp = self.root / f".{key}.{secrets.token_hex(3)}"
-        tmp.write_text(json.dumps(data, default=str))
-        tmp.replace(self.root / f"{key}.json")
+        # Only a cache: a full disk must not cost the run its verdict.
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, default=str))
+            tmp.replace(self.root / f"{key}.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)

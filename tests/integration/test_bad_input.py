@@ -42,7 +42,9 @@ def envbisect(
     *args: str, cache_dir: Path, broker_url: str, env: dict[str, str] | None = None
 ) -> Ran:
     """Run envbisect as a subprocess; check it left nothing behind."""
-    argv = [sys.executable, "-m", "envbisect", "run", *args, "--quiet", "--no-cache"]
+    argv = [sys.executable, "-m", "envbisect", "run", *args, "--quiet"]
+    if "--outcome-cache" not in args:
+        argv.append("--no-cache")
     if "--cache-dir" not in args:
         argv += ["--cache-dir", str(cache_dir)]
     if "--broker-url" not in args:
@@ -323,6 +325,13 @@ def test_cache_dir_below_a_file(run: Callable[..., Ran], tmp_path: Path) -> None
     cache = write(tmp_path / "a-file", "") / "cache"
     line = one_error_line(run("--cache-dir", str(cache)), ExitCode.USAGE)
     assert line == f"envbisect: error: --cache-dir {cache}: not writable (Not a directory)"
+
+
+def test_outcome_cache_below_a_file(run: Callable[..., Ran], tmp_path: Path) -> None:
+    outcomes = write(tmp_path / "a-file", "") / "outcomes"
+    ran = run("--outcome-cache", str(outcomes))
+    line = one_error_line(ran, ExitCode.USAGE)
+    assert line == f"envbisect: error: --outcome-cache {outcomes}: not writable (Not a directory)"
 
 
 def test_cache_dir_that_is_read_only(run: Callable[..., Ran], tmp_path: Path) -> None:
