@@ -105,3 +105,24 @@ def test_an_interrupt_outside_cleanup_is_raised_at_once() -> None:
             pytest.fail("not interrupted")
     finally:
         processes.reset()
+
+
+FORKS = """
+import os, sys, time
+if os.fork() == 0:
+    time.sleep(60)  # a worker process, in its parent's group
+print("forked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_leaves_no_zombie_in_the_group(tmp_path: Path) -> None:
+    # The killed grandchild is re-parented to us (subreaper), not to PID 1, which in a
+    # container may never reap it: stop() must.
+    processes.become_subreaper()
+    log = tmp_path / "out.log"
+    child = Child([sys.executable, "-c", FORKS], env=dict(os.environ), output=log)
+    wait_for(log, "forked")
+    child.stop(grace=0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)

@@ -7,6 +7,7 @@ it, see processes.new_run_token); the rest run in-process under ``no_debris``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -142,6 +143,26 @@ def assert_clean(pid: int) -> None:
     assert debris(pid) == NO_DEBRIS
 
 
+def groups_of(run_pid: int) -> set[int]:
+    """Process groups of the run's live processes (to check later that none is left)."""
+    groups = set()
+    for pid in envbisect_processes(run_pid):
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    return groups
+
+
+def live(groups: set[int]) -> set[int]:
+    """The groups that still have a member, a zombie included (the token checks miss those:
+    a zombie's environment cannot be read)."""
+    alive = set()
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, 0)
+            alive.add(pgid)
+    return alive
+
+
 # -- interrupts ------------------------------------------------------------------------------
 
 
@@ -166,6 +187,7 @@ def test_interrupt_while_a_stalled_worker_runs(
     wait_for(lambda: worker_group_with(run.pid, "telemetry_shim", first_trial), "a stalled worker")
     if fixed:  # the worker stalls for 30 s: time enough to ask the broker
         assert envbisect_queues(run.pid), "the trial's queue exists while its worker runs"
+    groups = groups_of(run.pid)
     sent = time.monotonic()
     run.proc.send_signal(sig)
     code = run.wait(60)
@@ -175,6 +197,7 @@ def test_interrupt_while_a_stalled_worker_runs(
     assert lines[-1] == f"envbisect: interrupted by {sig.name}; cleaned up"
     assert "Traceback" not in run.stderr.read_text()
     assert_clean(run.pid)
+    assert groups and live(groups) == set(), "the worker process groups are gone, zombies too"
     assert took < 15, f"clean-up took {took:.1f} s"
 
 
@@ -193,7 +216,12 @@ def test_a_daemon_that_escaped_the_worker_is_killed(
         str(MINIMAL),
         env={"METRICS_AGENT_RUN_DIR": str(agents)},
     )
+    groups: set[int] = set()
+    while run.proc.poll() is None:
+        groups |= groups_of(run.pid)
+        time.sleep(0.02)
     assert run.wait() == ExitCode.OK
+    assert live(groups) == set()
     assert run.culprits() == ["metrics-agent"]
     pids = [int(p.read_text()) for p in agents.glob("agent-*.pid")]
     assert pids, "the fixture daemonised no agent: the test proves nothing"
@@ -239,9 +267,11 @@ def test_two_runs_at_once_on_one_broker(
     stall = start("--bad", str(fixture_env("stall")), "--good", str(MINIMAL), name="stall")
     pair = start("--bad", str(fixture_env("pair")), "--good", str(MINIMAL), name="pair")
     seen: dict[int, set[str]] = {stall.pid: set(), pair.pid: set()}
+    groups: set[int] = set()
     while stall.proc.poll() is None or pair.proc.poll() is None:
         for pid, queues in seen.items():
             queues.update(envbisect_queues(pid))
+            groups |= groups_of(pid)
         time.sleep(0.2)
     assert stall.wait() == ExitCode.OK
     assert pair.wait() == ExitCode.OK
@@ -258,6 +288,7 @@ def test_two_runs_at_once_on_one_broker(
     for pid, queues in seen.items():
         assert all(q.startswith(f"envbisect_{run_token_prefix(pid)}") for q in queues)
     assert not seen[stall.pid] & seen[pair.pid]
+    assert groups and live(groups) == set()
     assert_clean(stall.pid)
     assert_clean(pair.pid)
 
