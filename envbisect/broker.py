@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from envbisect.errors import BrokerError
+from envbisect.errors import BrokerError, InputError
 
 if TYPE_CHECKING:
     from dramatiq import Message
@@ -30,17 +31,30 @@ for _noisy in ("pika", "dramatiq"):
     logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
 
+# user:password@ in any URL-shaped text, e.g. a worker log line or an env dump.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)(@)")
+
+
 def mask(url: str) -> str:
     """The URL with its password replaced by ``***``, for anything printed or written."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL we can take apart: mask by pattern
+        return mask_urls(url)
     if parts.password is None:
         return url
     user = urllib.parse.quote(parts.username or "", safe="")
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***\3", text)
 
 
 @dataclass(frozen=True)
@@ -87,16 +101,20 @@ class BrokerClient(ABC):
 
 
 def connect(url: str) -> BrokerClient:
-    """The client for this URL's scheme."""
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme in ("amqp", "amqps"):
+    """The client for this URL's scheme; a URL that cannot be one is bad input."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise InputError(f"--broker-url {mask(url)}: not a valid URL ({exc})") from exc
+    if parts.scheme in ("amqp", "amqps"):
         return RabbitClient(url)
-    if scheme in ("redis", "rediss", "unix"):
+    if parts.scheme in ("redis", "rediss", "unix"):
         from envbisect.broker_redis import RedisClient
 
         return RedisClient(url)
-    raise BrokerError(
-        f"unsupported broker URL scheme {scheme!r} in {mask(url)} (amqp://, redis://)"
+    raise InputError(
+        f"--broker-url {mask(url)}: unsupported scheme {parts.scheme!r} (amqp://, redis://)"
     )
 
 
@@ -131,6 +149,7 @@ class RabbitClient(BrokerClient):
     def _channel(self) -> Iterator[object]:
         import pika
         import pika.exceptions
+        from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
         try:
             connection = pika.BlockingConnection(pika.URLParameters(self._url()))
@@ -138,7 +157,9 @@ class RabbitClient(BrokerClient):
             raise BrokerError(f"RabbitMQ at {self.masked} refused the credentials") from exc
         except pika.exceptions.ProbableAccessDeniedError as exc:
             raise BrokerError(f"RabbitMQ at {self.masked} denied access to the vhost") from exc
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        # A peer that accepts the connection and never answers ends in a connector
+        # (handshake) timeout, which is not an AMQPError.
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             raise BrokerError(
                 f"cannot reach RabbitMQ at {self.masked}: {_reason(exc)} (start it, e.g. "
                 "`rabbitmq-server -detached`, or point --broker-url / ENVBISECT_BROKER_URL at one)"
@@ -163,12 +184,13 @@ class RabbitClient(BrokerClient):
     ) -> None:
         import pika.exceptions
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
         broker = RabbitmqBroker(url=self._url(), middleware=[])
         try:
             broker.declare_queue(queue)
             broker.enqueue(message(queue, actor, args, kwargs, message_id))
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             raise BrokerError(f"cannot send to RabbitMQ at {self.masked}: {_reason(exc)}") from exc
         finally:
             with contextlib.suppress(Exception):
@@ -200,7 +222,8 @@ def _reopen(channel: object) -> object:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    # pika's AMQPConnectionError has an empty str(); its repr names the cause.
+    text = str(exc).strip() or repr(exc)
     if "ConnectionRefused" in text or "Connection refused" in text:
         return "connection refused"
     if "timed out" in text.lower() or "Timeout" in text:

@@ -18,13 +18,14 @@ from platformdirs import user_cache_dir
 from rich.console import Console
 
 from envbisect import processes
-from envbisect.broker import DEFAULT_URL, connect, mask
+from envbisect.broker import DEFAULT_URL, connect, mask_urls
 from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
-from envbisect.report import ConsoleObserver, error_json, render, to_json, write_json
+from envbisect.processes import Interrupted
+from envbisect.report import ConsoleObserver, error_json, render, to_json
 from envbisect.triage import Options, Verdict, triage
 
 app = typer.Typer(
@@ -49,14 +50,6 @@ _VERDICT_CODES = {
 }
 #: The gate's codes differ in one place: a culprit means the candidate regressed.
 _GATE_CODES = {**_VERDICT_CODES, Verdict.CULPRIT_FOUND: ExitCode.REGRESSION}
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwind through every cleanup, then exit."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 CACHE_DIR = Path(user_cache_dir("envbisect"))
@@ -104,6 +97,9 @@ RepeatOpt = Annotated[
 MaxTimeOpt = Annotated[float | None, typer.Option(min=1, help="Bound for the whole run, seconds.")]
 PythonOpt = Annotated[
     Path | None, typer.Option(help="Interpreter for trial envs when no side is a virtualenv.")
+]
+OfflineOpt = Annotated[
+    bool, typer.Option(help="Never reach a package index: the good set must come from the bad env.")
 ]
 KeepOpt = Annotated[bool, typer.Option(help="Keep trial environments (their path is printed).")]
 OutcomeCacheOpt = Annotated[
@@ -169,6 +165,7 @@ def run(
     repeat: RepeatOpt = 1,
     max_time: MaxTimeOpt = None,
     python: PythonOpt = None,
+    offline: OfflineOpt = False,
     keep_envs: KeepOpt = False,
     outcome_cache: OutcomeCacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -184,20 +181,25 @@ def run(
     options = Options(
         bad=bad,
         good=good,
-        cache_dir=_writable_cache(cache_dir),
+        cache_dir=_writable("--cache-dir", cache_dir),
         installer=installer,
         python=python,
         jobs=jobs,
         repeat=repeat,
         keep_envs=keep_envs,
         outcome_cache=not no_cache,
-        outcome_cache_dir=outcome_cache,
+        outcome_cache_dir=(
+            None
+            if outcome_cache is None or no_cache
+            else _writable("--outcome-cache", outcome_cache)
+        ),
         adaptive=not fixed_timeout,
         timeout=timeout,
         boot_timeout=boot_timeout,
         max_time=max_time,
         narrow=narrow,
         find_links=_directories(find_links),
+        offline=offline,
     )
     outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
     the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
@@ -237,6 +239,7 @@ def gate(
     repeat: RepeatOpt = 1,
     max_time: MaxTimeOpt = None,
     python: PythonOpt = None,
+    offline: OfflineOpt = False,
     keep_envs: KeepOpt = False,
     outcome_cache: OutcomeCacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -252,14 +255,18 @@ def gate(
     options = Options(
         bad=candidate,
         good=baseline,
-        cache_dir=_writable_cache(cache_dir),
+        cache_dir=_writable("--cache-dir", cache_dir),
         installer=installer,
         python=python,
         jobs=jobs,
         repeat=repeat,
         keep_envs=keep_envs,
         outcome_cache=not no_cache,
-        outcome_cache_dir=outcome_cache,
+        outcome_cache_dir=(
+            None
+            if outcome_cache is None or no_cache
+            else _writable("--outcome-cache", outcome_cache)
+        ),
         adaptive=not fixed_timeout,
         timeout=timeout,
         boot_timeout=boot_timeout,
@@ -267,6 +274,7 @@ def gate(
         gate=True,
         narrow=narrow,
         find_links=_directories(find_links),
+        offline=offline,
     )
     outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
     the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
@@ -287,26 +295,27 @@ class _Outputs:
 
     def write(self, report: dict[str, Any]) -> None:
         if self.json is not None:
-            write_json(self.json, report)
+            _write("--json", self.json, json.dumps(report, indent=2) + "\n")
         if self.markdown is not None:
-            _write(self.markdown, markdown(report))
+            _write("--markdown", self.markdown, markdown(report))
         if self.junit is not None:
-            _write(self.junit, junit(report))
+            _write("--junit", self.junit, junit(report))
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if self.step_summary and summary:
-            with Path(summary).open("a") as handle:
-                handle.write(markdown(report) + "\n")
+            _write("GITHUB_STEP_SUMMARY", Path(summary), markdown(report) + "\n", append=True)
 
 
 def _triage(options: Options, probe: Probe, outputs: _Outputs, header: str, quiet: bool) -> int:
     out = Console(highlight=False)
-    progress = Console(stderr=True, highlight=False)
-    progress.print(header, markup=False)
+    # soft_wrap: a progress line stays one line, whatever the terminal width.
+    progress = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not quiet:
+        progress.print(header, markup=False)
     command = "gate" if options.gate else "run"
     try:
         finding = triage(options, probe, ConsoleObserver(progress, quiet=quiet))
     except EnvbisectError as exc:
-        outputs.write(error_json(mask_secrets(str(exc)), int(exc.exit_code), command))
+        outputs.write(error_json(mask_urls(str(exc)), int(exc.exit_code), command))
         raise
     code = (_GATE_CODES if options.gate else _VERDICT_CODES)[finding.verdict]
     render(finding, out)
@@ -314,9 +323,13 @@ def _triage(options: Options, probe: Probe, outputs: _Outputs, header: str, quie
     return int(code)
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+def _write(option: str, path: Path, text: str, *, append: bool = False) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a" if append else "w") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write it ({exc.strerror})") from exc
 
 
 def _directories(paths: list[Path] | None) -> tuple[Path, ...]:
@@ -363,15 +376,16 @@ def _user_worker(module: str | None, actor: str, args: str) -> UserWorker | None
     raise InputError(f"--args {args!r}: expected a JSON list (args) or object (kwargs)")
 
 
-def _writable_cache(path: Path) -> Path:
+def _writable(option: str, path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"--cache-dir {path}: not writable ({exc.strerror})") from exc
-    return path.resolve()  # wheels are linked from the run's temp dir: no relative targets
+        raise InputError(f"{option} {path}: not writable ({exc.strerror})") from exc
+    # Absolute: the wheelhouse links to repacked wheels in it from another directory.
+    return path.resolve()
 
 
 @contextmanager
@@ -381,8 +395,7 @@ def _signals_raise() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        processes.shutdown()
-        raise Interrupted(signum)
+        processes.interrupt(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -409,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print(f"envbisect: interrupted by {exc}; cleaned up")
         return int(ExitCode.INTERRUPTED if exc.signum == signal.SIGINT else ExitCode.TERMINATED)
     except EnvbisectError as exc:
-        errors.print(f"envbisect: error: {mask_secrets(str(exc))}", markup=False)
+        errors.print(f"envbisect: error: {mask_urls(str(exc))}", markup=False)
         return int(exc.exit_code)
     except typer.Exit as exc:
         return int(exc.exit_code)
@@ -423,11 +436,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors.print(f"envbisect: error: {exc.format_message()}", markup=False)
         return int(ExitCode.USAGE)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
-
-
-def mask_secrets(text: str) -> str:
-    """Mask any broker URL password that made it into a message."""
-    return " ".join(mask(word) if "://" in word else word for word in text.split(" "))
 
 
 def run_cli() -> None:

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbisect import processes
-from envbisect.errors import EnvironmentBuildError, InputError
+from envbisect.errors import EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.probes.base import TrialEnv
+
+# Seconds an installer command may take (fetching from a slow index included).
+INSTALL_TIMEOUT = 1800.0
 
 
 class Installer(ABC):
@@ -32,10 +35,19 @@ class Installer(ABC):
 
     name: str = ""
 
-    def __init__(self, cache_dir: Path, logs: Path, find_links: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        logs: Path,
+        find_links: Sequence[Path] = (),
+        *,
+        offline: bool = False,
+    ) -> None:
         self.cache_dir = cache_dir
         self.logs = logs
         self.find_links = tuple(find_links)  #: the user's local wheel dirs, beside the index
+        self.offline = offline  #: never reach a package index
+        self.deadline: float | None = None  #: time.monotonic() of --max-time
 
     def _links(self, *extra: Path) -> list[str]:
         """``--find-links`` options for the user's dirs and ``extra``."""
@@ -64,28 +76,71 @@ class Installer(ABC):
         """Install a pinned requirements file as it stands (no deps): materialise a frozen set."""
 
     def _run(self, what: str, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log", dir=self.logs)
-        os.close(fd)
-        done = processes.run(argv, env=env, log=Path(name), timeout=1800)
+        timeout = INSTALL_TIMEOUT
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeLimitError(f"--max-time reached before {what}")
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log", dir=self.logs)
+            os.close(fd)
+        except OSError as exc:
+            raise EnvironmentBuildError.from_os_error(f"{what}: a log in {self.logs}", exc) from exc
+        try:
+            done = processes.run(argv, env=env, log=Path(name), timeout=timeout)
+        finally:
+            Path(name).unlink(missing_ok=True)  # what matters is in the error we raise
+        if done.returncode is None:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise TimeLimitError(f"--max-time reached while {what}")
+            raise InstallerError(what, f"did not finish within {timeout:.0f} s", done.output)
         if done.returncode != 0:
-            raise EnvironmentBuildError(f"{what} failed: {_summary(done.output)}")
+            raise InstallerError(what, _summary(done.output), done.output)
         return done.output
 
 
+class InstallerError(EnvironmentBuildError):
+    """An installer command failed; ``reason`` is what its output says went wrong."""
+
+    def __init__(self, what: str, reason: str, output: str) -> None:
+        super().__init__(f"{what} failed: {reason}", disk_full=_disk_full(output))
+        self.reason = reason
+
+
+def _disk_full(text: str) -> bool:
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
 def _summary(output: str) -> str:
-    """The line of an installer's output that says what went wrong."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for marker in ("\u00d7", "error:", "ERROR:", "No solution", "Because", "╰─▶"):
-        hits = [line for line in lines if marker in line]
-        if hits:
-            text = " ".join(hits[:3])
-            break
+    """What went wrong, from an installer's output, on one line.
+
+    uv says ``error: …``, then why on ``cause:`` lines (continued, indented);
+    older uv draws a cross and an arrow instead; pip says ``ERROR: …``.
+    """
+    if _disk_full(output):
+        return "no space left on device"
+    lines = [line.strip() for line in output.splitlines()]
+    start = next(
+        (i for i, line in enumerate(lines) if line.startswith(("error:", "ERROR:", "\u00d7"))),
+        None,
+    )
+    if start is None:
+        text = next((line for line in reversed(lines) if line), "no output")
     else:
-        text = lines[-1] if lines else "no output"
-    if "No space left on device" in output:
-        text = "no space left on device"
-    return " ".join(text.replace("╰─▶", "").replace("\u00d7", "").split())[:400]
+        said = []
+        for line in lines[start:]:
+            if not line or line.startswith("hint:"):
+                break
+            said.append(line)
+        text = " ".join(said)
+        # The cause is the useful part; the headline ("No solution found…") is not.
+        for marker in ("cause:", "\u2570\u2500\u25b6"):
+            if marker in text:
+                text = text.split(marker, 1)[1]
+    for marker in ("error:", "ERROR:", "cause:", "\u00d7", "\u2570\u2500\u25b6"):
+        text = text.replace(marker, " ")
+    return " ".join(text.split())[:400]
 
 
 class UvInstaller(Installer):
@@ -93,8 +148,15 @@ class UvInstaller(Installer):
 
     name = "uv"
 
-    def __init__(self, cache_dir: Path, logs: Path, find_links: Sequence[Path] = ()) -> None:
-        super().__init__(cache_dir, logs, find_links)
+    def __init__(
+        self,
+        cache_dir: Path,
+        logs: Path,
+        find_links: Sequence[Path] = (),
+        *,
+        offline: bool = False,
+    ) -> None:
+        super().__init__(cache_dir, logs, find_links, offline=offline)
         from uv import find_uv_bin
 
         self.uv = find_uv_bin()
@@ -107,6 +169,8 @@ class UvInstaller(Installer):
             UV_PYTHON_DOWNLOADS="never",
             UV_NO_PROGRESS="1",
         )
+        if self.offline:
+            env["UV_OFFLINE"] = "1"
         return env
 
     def create(self, path: Path, python: Path) -> None:
@@ -220,6 +284,8 @@ class PipInstaller(Installer):
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
         env["PIP_CACHE_DIR"] = str(self.cache_dir / "pip")
+        if self.offline:
+            env["PIP_NO_INDEX"] = "1"
         return env
 
     def create(self, path: Path, python: Path) -> None:
@@ -312,11 +378,18 @@ class PipInstaller(Installer):
 INSTALLERS: dict[str, type[Installer]] = {"uv": UvInstaller, "pip": PipInstaller}
 
 
-def installer(kind: str, cache_dir: Path, logs: Path, find_links: Sequence[Path] = ()) -> Installer:
-    """The installer backend by name: ``uv`` or ``pip``."""
+def installer(
+    kind: str,
+    cache_dir: Path,
+    logs: Path,
+    find_links: Sequence[Path] = (),
+    *,
+    offline: bool = False,
+) -> Installer:
+    """The installer backend by name (see :data:`INSTALLERS`)."""
     if kind not in INSTALLERS:
         raise InputError(f"--installer must be one of {', '.join(INSTALLERS)}, not {kind!r}")
-    return INSTALLERS[kind](cache_dir, logs, find_links)
+    return INSTALLERS[kind](cache_dir, logs, find_links, offline=offline)
 
 
 @dataclass(frozen=True)
@@ -357,12 +430,17 @@ class Workspace:
         """A fresh env with exactly these wheels, plus a scratch dir for its probe."""
         slot = self._slot(label)
         scratch = slot / "s"
-        scratch.mkdir(parents=True)
         path = slot / "env"
         started = time.monotonic()
-        self.installer.create(path, self.python)
-        created = time.monotonic()
-        self.installer.install(path, wheels)
+        try:
+            scratch.mkdir(parents=True)
+            self.installer.create(path, self.python)
+            created = time.monotonic()
+            self.installer.install(path, wheels)
+        except OSError as exc:
+            raise EnvironmentBuildError.from_os_error(
+                f"building a trial env in {slot}", exc
+            ) from exc
         installed = time.monotonic()
         return TrialEnv(path=path, scratch=scratch), BuildTimings(
             created - started, installed - created
@@ -378,7 +456,10 @@ class Workspace:
 
     def scratch(self, name: str) -> Path:
         path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EnvironmentBuildError.from_os_error(f"creating {path}", exc) from exc
         return path
 
     def close(self) -> None:

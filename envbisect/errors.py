@@ -6,6 +6,7 @@ types, and turned into one clean line plus an exit code only at the CLI edge.
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -47,6 +48,16 @@ class EnvironmentBuildError(EnvbisectError):
     """A trial environment could not be resolved, fetched or installed."""
 
     exit_code = ExitCode.ENVIRONMENT
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full  #: out of space or quota: every later build fails too
+
+    @classmethod
+    def from_os_error(cls, what: str, exc: OSError) -> EnvironmentBuildError:
+        """``what`` failed with ``exc`` (a full disk, usually)."""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return cls(f"{what}: {exc.strerror or exc}", disk_full=full)
 
 
 class GoodFailsError(EnvbisectError):

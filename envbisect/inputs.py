@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
+import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -177,7 +180,10 @@ def query_interpreter(python: Path, *, label: str) -> dict[str, Any]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise InputError(f"{label}: its interpreter {python} failed: {last}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    try:
+        result: dict[str, Any] = json.loads(done.stdout)
+    except ValueError as exc:
+        raise InputError(f"{label}: {python} does not behave like a Python interpreter") from exc
     return result
 
 
@@ -254,14 +260,77 @@ def read_requirement_file(path: Path) -> RequirementFile:
 
     lines: list[RequirementLine] = []
     try:
-        for parsed in parse_requirements(str(path), session=PipSession()):
-            lines.append(_requirement_line(parsed))
-    except (PipError, InvalidRequirement, ValueError, UnicodeDecodeError, LookupError) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"{path}: {message}") from exc
+        with _quiet_pip():
+            for parsed in parse_requirements(str(path), session=PipSession()):
+                lines.append(_requirement_line(parsed))
+    except UnicodeDecodeError as exc:
+        where = _line_of(exc.object[: exc.start]) if isinstance(exc.object, bytes) else None
+        raise InputError(
+            f"{path}{where or ''}: not text ({exc.encoding} cannot decode byte "
+            f"{exc.object[exc.start]:#04x}: {exc.reason})"
+        ) from exc
+    # OSError: an include (-r URL) that cannot be fetched.
+    except (PipError, InvalidRequirement, ValueError, LookupError, OSError) as exc:
+        raise InputError(_parse_error(path, str(exc) or type(exc).__name__)) from exc
     if not lines:
         raise InputError(f"{path}: no requirements in the file")
     return RequirementFile(path=path, lines=tuple(lines))
+
+
+@contextlib.contextmanager
+def _quiet_pip() -> Iterator[None]:
+    """Keep pip's parser off the terminal: what it would print is in the error we raise.
+
+    optparse prints a usage line before pip turns its error into an exception, and
+    pip logs warnings (through the root logger, which would configure logging for
+    the whole process).
+    """
+    root = logging.getLogger()
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeHandler(handler)
+
+
+_FROM_LINE = re.compile(r"\s*\(from line (\d+) of (.+?)\)")
+_OPTPARSE_PREFIX = re.compile(r"^\S+: error: ")
+_UNNAMED = re.compile(r"^Invalid requirement: (.+)$|^(\S+) is not a valid editable requirement")
+
+
+def _parse_error(path: Path, text: str) -> str:
+    """pip's parse error as ``file (line N): what is wrong``, on one line."""
+    where = _FROM_LINE.search(text)
+    origin = f"{where[2]} (line {where[1]})" if where else str(path)
+    lines = [line.strip() for line in _FROM_LINE.sub("", text).splitlines() if line.strip()]
+    # The first line says what is wrong; packaging's echo of the line and its caret
+    # marker follow, then optparse's "prog: error: …" and pip's hints.
+    kept = lines[:1] + [
+        _OPTPARSE_PREFIX.sub("", line)
+        for line in lines[1:]
+        if _OPTPARSE_PREFIX.match(line) or line.startswith("Hint:")
+    ]
+    if where is None and lines:
+        unnamed = _UNNAMED.match(lines[0])
+        if unnamed:
+            origin += _line_containing(path, unnamed[1] or unnamed[2]) or ""
+    return f"{origin}: {'; '.join(kept)}"
+
+
+def _line_of(before: bytes) -> str:
+    number = before.count(b"\n") + 1
+    return f" (line {number})"
+
+
+def _line_containing(path: Path, token: str) -> str | None:
+    with contextlib.suppress(OSError):
+        data = path.read_bytes()
+        at = data.find(token.encode(errors="replace"))
+        if at >= 0:
+            return _line_of(data[:at])
+    return None
 
 
 def _requirement_line(parsed: object) -> RequirementLine:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_TOKEN_VAR = "ENVBISECT_RUN_TOKEN"
+# Seconds a stopped group's killed members get to be re-parented to us and reaped.
+REAP_WAIT = 1.0
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -110,25 +112,48 @@ class Child:
             return None
 
     def stop(self, grace: float = 1.0) -> Stopped:
-        """SIGTERM the group, wait ``grace`` seconds, SIGKILL the group, reap."""
+        """SIGTERM the group, wait ``grace`` seconds, SIGKILL the group, reap it all."""
         killed = False
         if self._popen.poll() is None or _group_alive(self.pid):
             _signal_group(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
-                if self._popen.poll() is not None and not _group_alive(self.pid):
-                    break
+                if self._popen.poll() is not None:
+                    _reap_group(self.pid)
+                    if not _group_alive(self.pid):
+                        break
                 time.sleep(0.02)
             else:
                 killed = True
             # Whatever is left of the group (forked workers, grandchildren) goes now.
             _signal_group(self.pid, signal.SIGKILL)
             self._popen.wait()
+            _reap_group(self.pid, until_gone=REAP_WAIT)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
         _REGISTRY.discard(self)
         return Stopped(self._popen.returncode, killed)
+
+
+def _reap_group(pgid: int, until_gone: float = 0.0) -> None:
+    """Reap the group's members that were re-parented to us (we are the subreaper).
+
+    Only once the group's leader is reaped (by its Popen, which must get its status):
+    a worker's forked processes whose parent died with them are ours to wait for, and
+    left alone they stay zombies for good where PID 1 does not reap (containers).
+    With ``until_gone``, keep at it that long while the group still exists.
+    """
+    deadline = time.monotonic() + until_gone
+    while True:
+        try:
+            while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass  # none of the group's members are (or are yet) our children
+        if not _group_alive(pgid) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -212,9 +237,48 @@ def shutdown() -> None:
         _signal_group(child.pid, signal.SIGKILL)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwind through every cleanup, then exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_CLEANING = [0]  #: depth of cleaning_up() blocks (signal handlers run in the main thread)
+_DEFERRED: list[int] = []
+
+
+def interrupt(signum: int) -> None:
+    """Act on SIGINT/SIGTERM (called by the signal handler): stop every child, then raise
+    :class:`Interrupted` — at the end of the clean-up under way, if there is one."""
+    shutdown()
+    if _CLEANING[0]:
+        _DEFERRED.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def cleaning_up() -> Iterator[None]:
+    """A clean-up that an interrupt must not cut short (half a removed temp dir is debris).
+
+    A signal that arrives meanwhile stops the children at once, as always, but is
+    raised as :class:`Interrupted` only when the block is done.
+    """
+    _CLEANING[0] += 1
+    try:
+        yield
+    finally:
+        _CLEANING[0] -= 1
+        if not _CLEANING[0] and _DEFERRED:
+            raise Interrupted(_DEFERRED.pop())
+
+
 def reset() -> None:
     """Allow children again (a new run in the same process, e.g. in tests)."""
     _STOPPING.clear()
+    _DEFERRED.clear()
 
 
 def processes_with_token(token: str) -> list[int]:

@@ -6,9 +6,7 @@ source of the CI formats too (:mod:`envbisect.ci`: Markdown, JUnit XML).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from envbisect import __version__
+from envbisect.broker import mask_urls
 from envbisect.delta import Change, ChangeKind, Delta
 from envbisect.narrow import Narrowing
 from envbisect.search import Outcome
@@ -41,7 +40,7 @@ class ConsoleObserver:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]·[/dim] {escape(text)}")
+            self.console.print(f"[dim]·[/dim] {escape(mask_urls(text))}")
 
     def trial_started(self, index: int, phase: str, size: int) -> None:
         pass  # parallel trials would interleave "started" lines; report on finish only
@@ -321,8 +320,3 @@ def error_json(message: str, exit_code: int, command: str) -> dict[str, Any]:
         "exit_code": exit_code,
         "error": message,
     }
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -13,6 +13,7 @@ bad side does not have are fetched once and repacked too.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName, canonicalize_name
 
 from envbisect.delta import Package
-from envbisect.envs import Installer, Workspace
+from envbisect.envs import Installer, InstallerError, Workspace
 from envbisect.errors import EnvironmentBuildError, InputError
 from envbisect.inputs import (
     InstalledDistribution,
@@ -166,15 +167,23 @@ class Sources:
         python = bad.interpreter.executable
         try:
             self.installer.resolve(requirements.path, output, python, self.wheelhouse, offline=True)
-        except EnvironmentBuildError:
+        except InstallerError as offline:
+            if self.installer.offline:
+                raise EnvironmentBuildError(
+                    f"{_origin(requirements, offline.reason)}: the good set needs what the bad "
+                    f"env does not have, and --offline keeps the index out: {offline.reason}",
+                    disk_full=offline.disk_full,
+                ) from offline
             self.say("the bad side's versions cannot satisfy the good set; asking the index")
             try:
                 self.installer.resolve(
                     requirements.path, output, python, self.wheelhouse, offline=False
                 )
-            except EnvironmentBuildError as exc:
+            except InstallerError as exc:
                 raise EnvironmentBuildError(
-                    f"the good set {requirements.path} cannot be resolved: {exc}"
+                    f"{_origin(requirements, exc.reason)}: the good set cannot be resolved: "
+                    f"{exc.reason}",
+                    disk_full=exc.disk_full,
                 ) from exc
         resolved = read_requirement_file(output)
         pins = {
@@ -231,12 +240,34 @@ class Sources:
                 link.symlink_to(wheel.path)
         if unpackable:
             pins = [dist.pin for dist in unpackable]
+            if self.installer.offline:
+                raise EnvironmentBuildError(
+                    f"{', '.join(pins)}: installed without a RECORD, so not repackable, and "
+                    "--offline keeps the index out"
+                )
             self.say(f"{len(pins)} distribution(s) cannot be repacked; fetching: {', '.join(pins)}")
             staging = self.workspace.scratch("fetch-unrepackable")
             self.installer.fetch(pins, staging, interpreter.executable, self.wheelhouse)
             for name, dist in read_distributions((staging,)).items():
                 repacked[name] = (dist, self.cache.repack(dist))
         return repacked
+
+
+def _origin(requirements: RequirementFile, reason: str) -> str:
+    """``file (line N)`` of the requirements the resolver's reason names, else the file."""
+    named = [
+        line.origin
+        for line in requirements.lines
+        if line.name and re.search(rf"(?<![\w.-]){re.escape(line.name)}(?![\w-])", reason.lower())
+    ]
+    if not named:
+        return str(requirements.path)
+    file = named[0].rsplit(" (line ", 1)[0]
+    if all(origin.startswith(f"{file} (line ") for origin in named):
+        numbers = [origin.rsplit(" (line ", 1)[1].rstrip(")") for origin in named]
+        label = "line" if len(numbers) == 1 else "lines"
+        return f"{file} ({label} {', '.join(numbers)})"
+    return ", ".join(named)
 
 
 def _package(dist: InstalledDistribution) -> Package:

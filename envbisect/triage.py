@@ -30,6 +30,7 @@ from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion
 
 from envbisect import processes
+from envbisect.broker import mask_urls
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
@@ -77,6 +78,7 @@ class Options:
     gate: bool = False  #: probe the bad side (the candidate) alone first; stop if it passes
     narrow: bool = False  #: bisect the releases between a version culprit's two versions
     find_links: tuple[Path, ...] = ()  #: local wheel dirs, beside the index
+    offline: bool = False  #: never reach a package index: the bad side's wheels only
 
     def limits(self, started: float) -> Limits:
         """Fresh, full limits for this run."""
@@ -149,8 +151,14 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     probe.check()
     run_token = processes.new_run_token()
     backend = installer(
-        options.installer, options.cache_dir, options.cache_dir / "logs", options.find_links
+        options.installer,
+        options.cache_dir,
+        options.cache_dir / "logs",
+        options.find_links,
+        offline=options.offline,
     )
+    if options.max_time is not None:
+        backend.deadline = started + options.max_time
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
     try:
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
@@ -167,11 +175,13 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         try:
             return runner.run(started)
         finally:
-            runner.close()
+            with processes.cleaning_up():
+                runner.close()
     finally:
-        processes.stop_all()
-        processes.kill_stragglers(run_token)
-        workspace.close()
+        with processes.cleaning_up():
+            processes.stop_all()
+            processes.kill_stragglers(run_token)
+            workspace.close()
 
 
 def _summary(delta: Delta) -> str:
@@ -336,6 +346,8 @@ class _Runner:
         confirm = self._trial(
             result.failing_set, "confirm", self._confirm_limits(), use_cache=False
         )
+        if confirm.result.diagnosis is Diagnosis.ENV_BUILD:
+            raise EnvironmentBuildError(f"the culprit set: {confirm.result.detail}")
         if confirm.outcome is not Outcome.FAIL:
             suspects = ", ".join(change.describe() for change in culprits)
             runs = ", ".join(r.outcome.value for r in confirm.results)
@@ -478,7 +490,8 @@ class _Runner:
         for subset in [s for s in self._prebuilt if s not in keep]:
             future = self._prebuilt.pop(subset)
             if not future.cancel():
-                with contextlib.suppress(EnvbisectError):  # a failed build left nothing
+                # A failed build, or one cut short by an interrupt, left nothing to discard.
+                with contextlib.suppress(EnvbisectError, processes.ShuttingDown):
                     self.workspace.discard(future.result()[0])
 
     def _phase(self, subset: frozenset[str]) -> str:
@@ -572,8 +585,12 @@ class _Runner:
                 env, build = prebuilt.result()
             else:
                 env, build = self.workspace.build(wheels, label)
-        except EnvbisectError as exc:
-            error = ProbeResult(Outcome.ERROR, Diagnosis.ENV_BUILD, f"env build failed: {exc}")
+        except EnvironmentBuildError as exc:
+            if exc.disk_full:
+                raise  # every later build would fail the same way
+            # An installer's error may quote an index URL with its credentials.
+            detail = mask_urls(f"env build failed: {exc}")
+            error = ProbeResult(Outcome.ERROR, Diagnosis.ENV_BUILD, detail)
             return Trial(
                 index, phase, subset, Outcome.ERROR, (error,), 0.0, 0.0, time.monotonic() - started
             )
@@ -604,6 +621,10 @@ class _Runner:
         token = f"{self.run_token}-{label}"
         try:
             return self.probe.run(env, token, limits, later)
+        except OSError as exc:
+            # The probe's own files in the trial's scratch dir (module, socket, log):
+            # a full disk, almost always, and then every later trial fails too.
+            raise EnvironmentBuildError.from_os_error(f"probing in {env.scratch}", exc) from exc
         finally:
             # After the worker is stopped: whatever it started that escaped its group.
             later.add(lambda: processes.kill_stragglers(token))
@@ -692,8 +713,12 @@ class _OutcomeCache:
     def put(self, key: str, result: ProbeResult, outcome: Outcome) -> None:
         if not self.enabled:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         data = asdict(result) | {"outcome": outcome.value}
         tmp = self.root / f".{key}.{secrets.token_hex(3)}"
-        tmp.write_text(json.dumps(data, default=str))
-        tmp.replace(self.root / f"{key}.json")
+        # Only a cache: a full disk must not cost the run its verdict.
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, default=str))
+            tmp.replace(self.root / f"{key}.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from envbisect.errors import EnvironmentBuildError
 from envbisect.inputs import INSTALLER_FILES, InstalledDistribution
 
 
@@ -56,16 +57,21 @@ class WheelCache:
         existing = sorted(slot.glob("*.whl")) if slot.is_dir() else []
         if existing:
             return Wheel(dist.name, dist.version, existing[0])
-        slot.mkdir(parents=True, exist_ok=True)
         filename = wheel_filename(dist)
-        fd, tmp = tempfile.mkstemp(dir=slot, suffix=".partial")
-        os.close(fd)
         try:
-            _write_wheel(dist, Path(tmp))
-            final = slot / filename
-            os.replace(tmp, final)  # atomic: a concurrent run sees a whole wheel or none
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            slot.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=slot, suffix=".partial")
+            os.close(fd)
+            try:
+                _write_wheel(dist, Path(tmp))
+                final = slot / filename
+                os.replace(tmp, final)  # atomic: a concurrent run sees a whole wheel or none
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            raise EnvironmentBuildError.from_os_error(
+                f"repacking {dist.pin} into {slot}", exc
+            ) from exc
         return Wheel(dist.name, dist.version, final)
 
 

@@ -85,14 +85,18 @@ def _require_listening(port: int, what: str) -> None:
         pytest.fail(f"{what} is not listening on 127.0.0.1:{port}; integration tests need it")
 
 
-def run_token_prefix() -> str:
-    """Run tokens of envbisect runs started by this test process (see processes.new_run_token)."""
-    return f"{os.getpid()}x"
+def run_token_prefix(pid: int | None = None) -> str:
+    """Run tokens of envbisect runs started by process ``pid`` (default: this test process).
+
+    See processes.new_run_token: a run's token starts with envbisect's pid, so an
+    envbisect run as a subprocess is told apart by that subprocess's pid.
+    """
+    return f"{os.getpid() if pid is None else pid}x"
 
 
-def envbisect_processes() -> list[int]:
-    """Live processes started by envbisect runs of this test process (they carry its token)."""
-    needle = f"{RUN_TOKEN_VAR}={run_token_prefix()}".encode()
+def envbisect_processes(pid: int | None = None) -> list[int]:
+    """Live processes started by envbisect runs of ``pid`` (they carry its token)."""
+    needle = f"{RUN_TOKEN_VAR}={run_token_prefix(pid)}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -107,27 +111,36 @@ def envbisect_processes() -> list[int]:
     return found
 
 
-def envbisect_queues() -> list[str]:
-    """Queues on the local RabbitMQ that belong to envbisect runs of this test process."""
+def envbisect_queues(pid: int | None = None) -> list[str]:
+    """Queues on the local RabbitMQ that belong to envbisect runs of ``pid``."""
     done = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60
     )
-    prefix = f"envbisect_{run_token_prefix()}"
+    prefix = f"envbisect_{run_token_prefix(pid)}"
     return sorted(line for line in done.stdout.split() if line.startswith(prefix))
 
 
-def envbisect_tempdirs() -> set[str]:
-    """Temp dirs of envbisect runs of this test process."""
-    return {p.name for p in Path(tempfile.gettempdir()).glob(f"envbisect-{run_token_prefix()}*")}
+def envbisect_tempdirs(pid: int | None = None, tmp: Path | None = None) -> set[str]:
+    """Temp dirs of envbisect runs of ``pid`` (in ``tmp``, default: the temp dir)."""
+    where = tmp or Path(tempfile.gettempdir())
+    return {p.name for p in where.glob(f"envbisect-{run_token_prefix(pid)}*")}
+
+
+def debris(pid: int | None = None) -> dict[str, object]:
+    """What envbisect runs of ``pid`` left: processes, queues, temp dirs (all empty if clean)."""
+    return {
+        "processes": envbisect_processes(pid),
+        "queues": envbisect_queues(pid),
+        "temp dirs": envbisect_tempdirs(pid),
+    }
+
+
+NO_DEBRIS = {"processes": [], "queues": [], "temp dirs": set()}
 
 
 @pytest.fixture
 def no_debris() -> Iterator[None]:
     """Fail the test if it leaves envbisect processes, queues or temp dirs behind."""
-    assert envbisect_processes() == [], "processes left over from an earlier test"
-    assert envbisect_queues() == [], "queues left over from an earlier test"
-    assert envbisect_tempdirs() == set(), "temp dirs left over from an earlier test"
+    assert debris() == NO_DEBRIS, "left over from an earlier test"
     yield
-    assert envbisect_processes() == [], "envbisect left processes running"
-    assert envbisect_queues() == [], "envbisect left queues behind"
-    assert envbisect_tempdirs() == set(), "envbisect left temp dirs"
+    assert debris() == NO_DEBRIS, "envbisect left debris"

@@ -33,10 +33,24 @@ def test_pinned_and_unpinned_lines_with_includes_and_hashes(tmp_path: Path) -> N
     assert not parsed.pinned
 
 
-def test_garbled_requirement_names_file_and_line(tmp_path: Path) -> None:
-    req = write(tmp_path / "req.txt", "pika==1.4.4\nthis is not a requirement\n")
-    with pytest.raises(InputError, match=r"req\.txt.*line 2"):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "pika==1.4.4\nthis is not a requirement\n",
+            "(line 2): Invalid requirement: 'this is not a requirement': Expected semicolon",
+        ),
+        ("pika==1.4.4\n\n--no-such-option\n", "(line 3): Invalid requirement: --no-such-option; "),
+        ("pika==1.4.4\n\xff\n", "(line 2): not text (utf-8 cannot decode byte 0xff"),
+    ],
+)
+def test_garbled_requirement_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    req = tmp_path / "req.txt"
+    req.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError) as caught:
         read_requirement_file(req)
+    assert str(caught.value).startswith(f"{req} {message}")
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n"])

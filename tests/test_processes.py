@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from envbisect import processes
 from envbisect.processes import RUN_TOKEN_VAR, Child
@@ -71,3 +74,55 @@ def test_run_reports_exit_status_and_output(tmp_path: Path) -> None:
     )
     assert done.returncode == 3
     assert done.output.strip() == "hi"
+
+
+def test_an_interrupt_during_cleanup_is_raised_after_it() -> None:
+    from envbisect.cli import _signals_raise
+
+    done = []
+    try:
+        with (
+            _signals_raise(),
+            pytest.raises(processes.Interrupted) as caught,
+            processes.cleaning_up(),
+        ):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now
+            done.append("the whole clean-up")
+        assert caught.value.signum == signal.SIGTERM
+        assert done == ["the whole clean-up"]
+    finally:
+        processes.reset()
+
+
+def test_an_interrupt_outside_cleanup_is_raised_at_once() -> None:
+    from envbisect.cli import _signals_raise
+
+    try:
+        with _signals_raise(), pytest.raises(processes.Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+            pytest.fail("not interrupted")
+    finally:
+        processes.reset()
+
+
+FORKS = """
+import os, sys, time
+if os.fork() == 0:
+    time.sleep(60)  # a worker process, in its parent's group
+print("forked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_leaves_no_zombie_in_the_group(tmp_path: Path) -> None:
+    # The killed grandchild is re-parented to us (subreaper), not to PID 1, which in a
+    # container may never reap it: stop() must.
+    processes.become_subreaper()
+    log = tmp_path / "out.log"
+    child = Child([sys.executable, "-c", FORKS], env=dict(os.environ), output=log)
+    wait_for(log, "forked")
+    child.stop(grace=0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)

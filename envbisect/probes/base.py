@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from envbisect.broker import mask_urls
 from envbisect.processes import RUN_TOKEN_VAR
 from envbisect.search import Outcome
 
@@ -174,10 +175,15 @@ class Probe(ABC):
         return self.kind
 
 
-def tail(path: Path, lines: int = 20) -> tuple[str, ...]:
-    """The last lines of a log file, for evidence."""
+def log_lines(path: Path) -> list[str]:
+    """A log file's lines, URL passwords masked: they end up in reports and the cache."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return ()
-    return tuple(text.splitlines()[-lines:])
+        return []
+    return mask_urls(text).splitlines()
+
+
+def tail(path: Path, lines: int = 20) -> tuple[str, ...]:
+    """The last lines of a log file, for evidence."""
+    return tuple(log_lines(path)[-lines:])

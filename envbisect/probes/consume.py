@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import selectors
 import shutil
 import socket
+import struct
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from envbisect.broker import BrokerClient, QueueState
-from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv, tail
+from envbisect.probes.base import (
+    Diagnosis,
+    Later,
+    Limits,
+    Probe,
+    ProbeResult,
+    TrialEnv,
+    log_lines,
+    tail,
+)
 from envbisect.processes import Child, Stopped
 from envbisect.search import Outcome
 
@@ -82,10 +93,12 @@ class ConsumeProbe(Probe):
         module_dir.mkdir()
         shutil.copyfile(PROBE_MODULE, module_dir / "envbisect_probe.py")
         log = run_dir / "worker.log"
-        address = run_dir / "events.sock"
+        # Linux's abstract namespace: no file, so no path-length limit (a long TMPDIR
+        # broke every trial) and nothing to remove; senders are checked by uid instead.
+        address = f"envbisect-{token}"
         extra = {
             "PYTHONPATH": str(module_dir),
-            "ENVBISECT_PROBE_SOCKET": str(address),
+            "ENVBISECT_PROBE_SOCKET": f"@{address}",
             "ENVBISECT_PROBE_QUEUE": queue,
             "ENVBISECT_BROKER_URL": self.broker.url,
             "ENVBISECT_PROBE_ASYNC": "1" if self.asyncio else "0",
@@ -107,7 +120,8 @@ class ConsumeProbe(Probe):
 
         worker: Child | None = None
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as events:
-            events.bind(str(address))
+            events.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            events.bind(f"\0{address}")
             try:
                 if self.worker is None:
                     send(BUILTIN_ACTOR)  # the queue exists before the worker looks at it
@@ -163,7 +177,7 @@ class ConsumeProbe(Probe):
                 evidence,
                 timings,
             )
-        errors = [line for line in _lines(log) if _CONSUMER_ERROR.search(line)]
+        errors = [line for line in log_lines(log) if _CONSUMER_ERROR.search(line)]
         if errors:
             first = next((line for line in errors if "encountered" in line), errors[0])
             return ProbeResult(
@@ -317,7 +331,9 @@ class _Watch:
         self.ended_at = time.monotonic()
 
     def _read_event(self) -> None:
-        payload, _ = self.events.recvfrom(65536)
+        payload, ancillary, _, _ = self.events.recvmsg(65536, _CREDENTIALS_SPACE)
+        if not _from_our_user(ancillary):
+            return
         try:
             event = json.loads(payload)
         except ValueError:
@@ -360,8 +376,14 @@ class _Watch:
         return {"boot": self.ready_at - self.started, "wait": end - self.ready_at}
 
 
-def _lines(log: Path) -> list[str]:
-    try:
-        return log.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+
+
+def _from_our_user(ancillary: list[tuple[int, int, bytes]]) -> bool:
+    """Only processes of our own user may report (what a 0700 directory ensured before)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            _, uid, _ = _UCRED.unpack(data[: _UCRED.size])
+            return bool(uid == os.getuid())
+    return False

@@ -31,7 +31,10 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, default_middleware
 
+# "@name" is a socket in Linux's abstract namespace: "\0name" to the kernel.
 _SOCKET = os.environ["ENVBISECT_PROBE_SOCKET"]
+if _SOCKET.startswith("@"):
+    _SOCKET = "\0" + _SOCKET[1:]
 _QUEUE = os.environ["ENVBISECT_PROBE_QUEUE"]
 _URL = os.environ["ENVBISECT_BROKER_URL"]
 _ASYNC = os.environ.get("ENVBISECT_PROBE_ASYNC") == "1"

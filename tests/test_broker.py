@@ -1,0 +1,31 @@
+"""Broker URLs: passwords never leave envbisect unmasked."""
+
+from __future__ import annotations
+
+import pytest
+
+from envbisect.broker import mask, mask_urls
+
+
+def test_mask_hides_the_password_only() -> None:
+    assert mask("amqp://user:s3cret@host:5672/vh") == "amqp://user:***@host:5672/vh"
+    assert mask("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "ENVBISECT_BROKER_URL=amqp://user:s3cret@host:5672/ ready",
+            "ENVBISECT_BROKER_URL=amqp://user:***@host:5672/ ready",
+        ),
+        ("(see `redis://:pw@h:6379/0`)", "(see `redis://:***@h:6379/0`)"),
+        ("two amqp://a:x@h/ amqps://b:y@h/", "two amqp://a:***@h/ amqps://b:***@h/"),
+        (
+            "no password: amqp://guest@h/ and http://h:80/x",
+            "no password: amqp://guest@h/ and http://h:80/x",
+        ),
+    ],
+)
+def test_mask_urls_in_free_text(text: str, masked: str) -> None:
+    assert mask_urls(text) == masked
