@@ -106,7 +106,8 @@ def read_lock(path: Path, kind: InputKind, markers: Mapping[str, str]) -> Lock:
     reader = _UvLock if kind is InputKind.UV_LOCK else _PyLock
     try:
         lock = reader(path, data, markers).read()
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # ValueError: a URL urllib cannot split, a path with a NUL byte, and the like.
         raise InputError(f"{path}: not a valid {kind.value} (unexpected {exc!r})") from exc
     if not lock.packages:
         raise InputError(f"{path}: installs no packages on Python {markers['python_full_version']}")

@@ -17,9 +17,17 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from packaging.markers import default_environment
 
 from envbisect.errors import InputError
 from envbisect.inputs import read_requirement_file
+from envbisect.locks import InputKind, read_lock
+
+
+def _lock_reader(kind: InputKind) -> Callable[[Path], object]:
+    markers = {key: str(value) for key, value in default_environment().items()}
+    return lambda path: read_lock(path, kind, markers)
+
 
 #: name → (parser, a valid file to mutate)
 PARSERS: dict[str, tuple[Callable[[Path], object], str]] = {
@@ -37,6 +45,76 @@ PARSERS: dict[str, tuple[Callable[[Path], object], str]] = {
         "--find-links ./wheels\n"
         "six ; extra == 'x' and sys_platform == 'linux'\n",
     ),
+    "uv.lock": (
+        _lock_reader(InputKind.UV_LOCK),
+        "version = 1\n"
+        'requires-python = ">=3.11"\n'
+        "[[package]]\n"
+        'name = "svc"\n'
+        'version = "0.1.0"\n'
+        'source = { editable = "." }\n'
+        'dependencies = [{ name = "dramatiq", extra = ["rabbitmq"] }, '
+        '{ name = "colorama", marker = "sys_platform == \'win32\'" }, '
+        '{ name = "tool" }, { name = "local" }]\n'
+        "[package.dev-dependencies]\n"
+        'dev = [{ name = "pytest" }]\n'
+        "[[package]]\n"
+        'name = "dramatiq"\n'
+        'version = "2.2.1"\n'
+        'source = { registry = "https://pypi.invalid/simple" }\n'
+        'wheels = [{ url = "https://files.invalid/dramatiq-2.2.1-py3-none-any.whl", '
+        'hash = "sha256:00" }]\n'
+        "[package.optional-dependencies]\n"
+        'rabbitmq = [{ name = "pika" }]\n'
+        "[[package]]\n"
+        'name = "pika"\n'
+        'version = "1.4.4"\n'
+        'source = { registry = "./wheels" }\n'
+        "[[package]]\n"
+        'name = "tool"\n'
+        'version = "1.0"\n'
+        'source = { git = "https://git.invalid/tool?rev=main#0123abc" }\n'
+        "[[package]]\n"
+        'name = "local"\n'
+        'version = "2.0"\n'
+        'source = { path = "dist/local-2.0-py3-none-any.whl" }\n'
+        "[[package]]\n"
+        'name = "pytest"\n'
+        'version = "9.2.0"\n'
+        'source = { url = "https://files.invalid/pytest-9.2.0-py3-none-any.whl" }\n'
+        "[[package]]\n"
+        'name = "colorama"\n'
+        'version = "0.4.6"\n'
+        'source = { registry = "https://pypi.invalid/simple" }\n',
+    ),
+    "pylock.toml": (
+        _lock_reader(InputKind.PYLOCK),
+        'lock-version = "1.0"\n'
+        'created-by = "uv"\n'
+        'requires-python = ">=3.11"\n'
+        'default-groups = ["dev"]\n'
+        "[[packages]]\n"
+        'name = "pika"\n'
+        'version = "1.4.4"\n'
+        'index = "https://pypi.invalid/simple"\n'
+        'wheels = [{ url = "https://files.invalid/pika-1.4.4-py3-none-any.whl", '
+        'hashes = { sha256 = "00" } }]\n'
+        "[[packages]]\n"
+        'name = "tool"\n'
+        'vcs = { type = "git", url = "https://git.invalid/tool", commit-id = "0123abc" }\n'
+        "[[packages]]\n"
+        'name = "local"\n'
+        'directory = { path = "src/local", subdirectory = "pkg" }\n'
+        "[[packages]]\n"
+        'name = "archive"\n'
+        'archive = { path = "dist/archive-1.0.tar.gz", hashes = { sha256 = "00" } }\n'
+        "[[packages]]\n"
+        'name = "pytest"\n'
+        'version = "9.2.0"\n'
+        "marker = \"'dev' in dependency_groups and python_version >= '3.9'\"\n"
+        'sdist = { url = "https://files.invalid/pytest-9.2.0.tar.gz", '
+        'hashes = { sha256 = "0" } }\n',
+    ),
 }
 
 # Pieces that mean something to a requirements parser, to splice into lines.
@@ -45,6 +123,9 @@ TOKENS = [
     "-e", "--hash", "--hash=sha256:", "--index-url", "--find-links", "--pre", "-Z", "--",
     "python_version", "extra ==", "and", "'", '"', "file:", "./", "..", "\t", "\x00", "é",
     "1.0", "a.b.c", "pkg", "pkg[x]", "\r", "\n", " ",
+    # TOML and lock-file pieces
+    "=", "{", "}", '"', "[[package]]", "[[packages]]", "\\u0000", "https://[", "git = ",
+    "path = ", "version = 2", "marker = ", "extra = [", "source = {", "dependencies = [",
 ]  # fmt: skip
 
 # Files naming real hosts or device files are left out: they would reach the network or

@@ -281,3 +281,28 @@ def test_bad_locks_get_one_clean_line(tmp_path: Path, name: str, text: str, mess
         read_lock(path, input_kind(path), LINUX_311)
     assert str(caught.value).startswith(str(path))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        (  # urllib cannot split it: an unclosed IPv6 bracket
+            InputKind.UV_LOCK,
+            'version = 1\n[[package]]\nname = "svc"\nversion = "0.1"\nsource = { editable = "." }\n'
+            'dependencies = [{ name = "tool" }]\n[[package]]\nname = "tool"\nversion = "1.0"\n'
+            'source = { git = "https://[broken.invalid/tool?rev=main#0123abc" }\n',
+        ),
+        (  # a path with a NUL byte
+            InputKind.PYLOCK,
+            'lock-version = "1.0"\n[[packages]]\nname = "local"\n'
+            'directory = { path = "src/\\u0000local" }\n',
+        ),
+    ],
+)
+def test_a_source_urllib_or_the_os_rejects_is_an_input_error(
+    tmp_path: Path, kind: InputKind, text: str
+) -> None:
+    name = "uv.lock" if kind is InputKind.UV_LOCK else "pylock.toml"
+    path = write(tmp_path / name, text)
+    with pytest.raises(InputError, match="not a valid"):
+        read_lock(path, kind, LINUX_311)
