@@ -317,6 +317,9 @@ def _triage(options: Options, probe: Probe, outputs: _Outputs, header: str, quie
     except EnvbisectError as exc:
         outputs.write(error_json(mask_urls(str(exc)), int(exc.exit_code), command))
         raise
+    except Exception as exc:
+        outputs.write(error_json(mask_urls(_internal(exc)), int(ExitCode.INTERNAL), command))
+        raise
     code = (_GATE_CODES if options.gate else _VERDICT_CODES)[finding.verdict]
     render(finding, out)
     outputs.write(to_json(finding, int(code)))
@@ -435,7 +438,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             errors.print(f"envbisect: error: {exc.format_message()}", markup=False)
         return int(ExitCode.USAGE)
+    except Exception as exc:
+        if os.environ.get("ENVBISECT_DEBUG"):
+            raise
+        errors.print(f"envbisect: error: {mask_urls(_internal(exc))}", markup=False)
+        return int(ExitCode.INTERNAL)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
+
+
+def _internal(exc: Exception) -> str:
+    first = (str(exc).splitlines() or [""])[0]
+    return (
+        f"internal error, a bug in envbisect: {type(exc).__name__}: {first} "
+        "(ENVBISECT_DEBUG=1 shows the traceback; please report it)"
+    )
 
 
 def run_cli() -> None:

@@ -77,3 +77,38 @@ def test_bad_gate_options(
     code = main([*base, *args, "--probe", "import:json", "--cache-dir", str(tmp_path)])
     assert code == ExitCode.USAGE
     assert f"envbisect: error: {message}" in capsys.readouterr().err
+
+
+def test_a_bug_is_one_line_exit_9_and_a_report_never_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gate that crashed must not read as "regression found" (exit 1) in CI.
+    def crash(*_: object) -> None:
+        raise RuntimeError("unexpected state\nsecond line")
+
+    monkeypatch.setattr("envbisect.cli.triage", crash)
+    monkeypatch.delenv("ENVBISECT_DEBUG", raising=False)
+    out = tmp_path / "report.json"
+    code = main(
+        [
+            "gate",
+            "--baseline",
+            str(LOCKS / "requirements" / "baseline.txt"),
+            "--candidate",
+            str(LOCKS / "requirements" / "candidate.txt"),
+            "--probe",
+            "import:json",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == ExitCode.INTERNAL == 9
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("envbisect: error:")]
+    assert "internal error, a bug in envbisect: RuntimeError: unexpected state (" in line
+    report = json.loads(out.read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert (report["verdict"], report["exit_code"]) == ("error", 9)
