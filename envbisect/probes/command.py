@@ -30,6 +30,7 @@ class CommandProbe(Probe):
     command: str
     cwd: Path | None = None
     kind: str = "command"
+    cacheable: bool = False  # the command may read anything: tests, data, the project
 
     def describe(self) -> str:
         return f"command {self.command!r}"
@@ -54,26 +55,20 @@ class CommandProbe(Probe):
         code = child.wait(min(limits.command, max(limits.left(), 0.0)))
         stopped = child.stop(limits.grace)
         seconds = time.monotonic() - child.started
-        return self._verdict(code, stopped.returncode, tail(log), seconds, limits.command)
-
-    def _verdict(
-        self,
-        code: int | None,
-        stopped_code: int | None,
-        evidence: tuple[str, ...],
-        seconds: float,
-        limit: float,
-    ) -> ProbeResult:
-        timings = {"boot": 0.0, "wait": seconds}
         if code is None:
+            signal_used = "SIGKILL (it ignored SIGTERM)" if stopped.killed else "SIGTERM"
             return ProbeResult(
                 Outcome.FAIL,
                 Diagnosis.TIMED_OUT,
-                f"still running after {limit:g} s; stopped",
-                evidence,
-                timings,
-                exit_status=stopped_code,
+                f"still running after {limits.command:g} s; stopped with {signal_used}",
+                tail(log),
+                {"boot": 0.0, "wait": seconds},
+                exit_status=stopped.returncode,
             )
+        return self._verdict(code, tail(log), seconds)
+
+    def _verdict(self, code: int, evidence: tuple[str, ...], seconds: float) -> ProbeResult:
+        timings = {"boot": 0.0, "wait": seconds}
         if code == 0:
             return ProbeResult(
                 Outcome.PASS,
@@ -84,11 +79,12 @@ class CommandProbe(Probe):
                 exit_status=0,
             )
         if code == NOT_FOUND_STATUS:
+            # Bad, as git bisect has it; but in the good set it means the probe cannot work.
             problem = f"--probe-cmd {self.command!r}: command not found in the trial env"
             return ProbeResult(
-                Outcome.ERROR,
+                Outcome.FAIL,
                 Diagnosis.EXIT_STATUS,
-                problem,
+                "exit status 127 (command not found)",
                 evidence,
                 timings,
                 exit_status=code,
@@ -127,6 +123,7 @@ class ImportProbe(CommandProbe):
 
     modules: tuple[str, ...] = ()
     kind: str = "import"
+    cacheable: bool = True
 
     def describe(self) -> str:
         return f"import {', '.join(self.modules)}"
