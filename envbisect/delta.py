@@ -37,6 +37,7 @@ class Package:
     version: str
     requires: tuple[str, ...] = ()  #: raw Requires-Dist lines
     digest: str = ""  #: content digest; differs when the files differ
+    editable: bool = False  #: its code lives in a source tree outside the env
 
     def __str__(self) -> str:
         return f"{self.display_name} {self.version}"

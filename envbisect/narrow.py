@@ -83,11 +83,18 @@ def versions_between(available: Sequence[str], good: str, bad: str) -> list[str]
 
 
 def available_versions(
-    name: str, python_version: str, find_links: Sequence[Path], log: Path
+    name: str,
+    python_version: str,
+    find_links: Sequence[Path],
+    log: Path,
+    *,
+    offline: bool = False,
+    timeout: float = 300.0,
 ) -> list[str]:
     """Releases of ``name`` installable on ``python_version`` (pre-releases included).
 
-    Empty when the index cannot be asked; pip's answer is its ``--json`` line.
+    ``offline``: the ``find_links`` dirs only, no index. Empty when nothing can be
+    asked (the log then says why); pip's answer is its ``--json`` line.
     """
     argv = [
         sys.executable,
@@ -102,11 +109,13 @@ def available_versions(
         "--python-version",
         python_version,
         *[arg for path in find_links for arg in ("--find-links", str(path))],
+        *(["--no-index"] if offline else []),
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
-    done = processes.run(argv, log=log, timeout=300)
+    done = processes.run(argv, log=log, timeout=max(timeout, 1.0))
     if done.returncode != 0:
         return []
+    log.unlink(missing_ok=True)  # kept only to explain an empty answer
     # The output holds pip's warnings too (one per line); the answer is one JSON object.
     for line in reversed(done.output.splitlines()):
         if line.startswith("{"):

@@ -277,4 +277,5 @@ def _package(dist: InstalledDistribution) -> Package:
         version=dist.version,
         requires=dist.requires,
         digest=dist.content_digest,
+        editable=dist.editable,
     )

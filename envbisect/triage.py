@@ -383,7 +383,12 @@ class _Runner:
         ends = (good, bad)
         log = self.options.cache_dir / "logs" / f"pip-index-{self.run_token}-{change.name}.log"
         available = available_versions(
-            change.display_name, self.bad.interpreter.version, self.options.find_links, log
+            change.display_name,
+            self.bad.interpreter.version,
+            self.options.find_links,
+            log,
+            offline=self.options.offline,
+            timeout=min(300.0, self.limits.left()),
         )
         if not available:
             note = f"pip index versions listed no release of {change.display_name} (see {log})"
@@ -556,7 +561,10 @@ class _Runner:
                 detail = f"untestable: {pin} needs {', '.join(unmet)}"
                 return _unrun(index, phase, subset, Outcome.SKIP, detail, package)
         key = self._outcomes.key(packages, self.probe.settings(), self.options.repeat)
-        cached = self._outcomes.get(key) if use_cache else None
+        # An outcome that files outside the env decide (an editable install's source tree,
+        # what a --probe-cmd reads) can change without the set changing: never cached.
+        cacheable = self.probe.cacheable and not any(p.editable for p in packages.values())
+        cached = self._outcomes.get(key) if use_cache and cacheable else None
         if cached is not None:
             trial = Trial(
                 index, phase, subset, cached.outcome, (cached,), 0.0, 0.0, 0.0, cached=True
@@ -565,7 +573,7 @@ class _Runner:
             prebuilt = self._prebuilt.pop(subset, None) if swap is None else None
             wheels = self._wheels(packages, fetched)
             trial = self._probe(index, phase, subset, wheels, prebuilt, limits)
-            if trial.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.SKIP):
+            if cacheable and trial.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.SKIP):
                 self._outcomes.put(key, trial.result, trial.outcome)
         return replace(trial, substitute=packages[swap[0].name]) if swap else trial
 

@@ -153,6 +153,9 @@ class Probe(ABC):
 
     #: short name shown in reports ("consume", "command", "import")
     kind: str = ""
+    #: Whether the package set and :meth:`settings` decide the outcome, so it may be
+    #: cached; not for a probe that reads files outside the env (a user's command).
+    cacheable: bool = True
 
     @abstractmethod
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:

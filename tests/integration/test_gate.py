@@ -168,6 +168,14 @@ def test_releases_are_listed_from_the_index_and_find_links_dirs(tmp_path: Path) 
     assert versions_between(local, "1.2.0", "1.0.0") == ["1.2.0", "1.1.0", "1.0.0"]
     pika = available_versions("pika", python, [], tmp_path / "pip.log")
     assert {"1.0.0", "0.13.1", "1.4.4"} <= set(pika)
+    # --offline: the find-links dirs only, never the index.
+    offline = available_versions("pika", python, [wheels], tmp_path / "pip.log", offline=True)
+    assert offline == []
+    assert (tmp_path / "pip.log").exists(), "an empty answer keeps pip's log to say why"
+    here = available_versions(
+        "envbisect-line-fixture", python, [wheels], tmp_path / "pip.log", offline=True
+    )
+    assert sorted(here) == sorted(local)
 
 
 @pytest.mark.parametrize(("command", "code"), [("run", ExitCode.BAD_PASSES), ("gate", ExitCode.OK)])

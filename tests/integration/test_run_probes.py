@@ -236,3 +236,17 @@ def test_search_works_around_a_flaky_package(
     assert confirm["runs"] == ["fail", "fail", "fail"]
     good = next(t for t in trials if t["phase"] == "good")
     assert good["runs"] == ["pass", "pass", "pass"]
+
+
+def test_a_command_probes_outcomes_are_never_cached(
+    tmp_path: Path, cache_dir: Path, fixture_env: Callable[[str], Path]
+) -> None:
+    # A user's command may read files outside the env (their tests): the same set can
+    # pass tomorrow. An import probe depends on the env alone, so its outcomes are kept.
+    outcomes = tmp_path / "outcomes"
+    common = ["--bad", str(fixture_env("crash")), "--good", str(MINIMAL)]
+    common += ["--cache-dir", str(cache_dir), "--outcome-cache", str(outcomes)]
+    assert main(["run", *common, "--probe-cmd", "python -c 'import pika'"]) == ExitCode.OK
+    assert list(outcomes.glob("*.json")) == []
+    assert main(["run", *common, "--probe", "import:pika"]) == ExitCode.OK
+    assert list(outcomes.glob("*.json")), "not vacuous: the same run with an import probe caches"
