@@ -211,6 +211,9 @@ class _Runner:
         self.probe = probe
         self.sources = sources
         self.limits = options.limits(time.monotonic())
+        # Search trials stop a failing worker after the verdict; the confirmation, whose
+        # output is the report's evidence, stops it first (see _confirm_limits).
+        self.limits.stop_before_verdict = False
         self.workspace = workspace
         self.good = good
         self.bad = bad

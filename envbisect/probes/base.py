@@ -93,10 +93,14 @@ class Limits:
         grace: float = 0.5,
         command: float = 600.0,
         hard_deadline: float | None = None,
+        stop_before_verdict: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._boot, self._consume = boot, consume
         self.grace = grace  #: SIGTERM → SIGKILL
+        #: Stop a failing worker before giving the verdict, so that the evidence says whether
+        #: it ignored SIGTERM; else after it, off the critical path (the search's trials).
+        self.stop_before_verdict = stop_before_verdict
         self.command = command  #: a command probe's whole run
         self.hard_deadline = hard_deadline  #: time.monotonic() by which everything must end
 

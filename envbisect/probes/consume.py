@@ -137,10 +137,12 @@ class ConsumeProbe(Probe):
             except BaseException:
                 self._teardown(worker, queue, limits.grace, None)
                 raise
-        if watch.ran_at is not None and watch.error is None:
-            # The verdict is in: stopping a healthy worker gracefully can wait.
+        healthy = watch.ran_at is not None and watch.error is None
+        if healthy or not limits.stop_before_verdict:
+            # The verdict is in: stopping the worker (a stalled one sits out the whole
+            # SIGTERM grace) and deleting its queues can wait.
             later.add(lambda: self._teardown(worker, queue, limits.grace, watch.broker_id))
-            return self._verdict(watch, None, log, watch.timings(), killed=False)
+            return self._verdict(watch, state, log, watch.timings(), killed=False)
         stop_started = time.monotonic()
         stopped = self._teardown(worker, queue, limits.grace, watch.broker_id)
         timings = watch.timings() | {"stop": time.monotonic() - stop_started}
