@@ -48,6 +48,7 @@ class UvPerTrialInstaller(UvInstaller):
     """``uv venv`` + ``uv pip install --no-index`` (with resolution) per trial."""
 
     name = "uv-per-trial"
+    can_sync = False  # a fresh env for every trial
 
     def install(self, env: Path, wheels: Sequence[Path]) -> None:
         self._run(

@@ -75,6 +75,13 @@ class Installer(ABC):
     def install_requirements(self, env: Path, requirements: Path) -> None:
         """Install a pinned requirements file as it stands (no deps): materialise a frozen set."""
 
+    #: Whether :meth:`sync` can turn an existing env into another set (else: build afresh).
+    can_sync: bool = False
+
+    def sync(self, env: Path, wheels: Sequence[Path], listing: Path) -> None:
+        """Make an existing env hold exactly these wheels (``listing``: a scratch file)."""
+        raise NotImplementedError(f"the {self.name} installer cannot sync an env")
+
     def _run(self, what: str, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
         timeout = INSTALL_TIMEOUT
         if self.deadline is not None:
@@ -144,9 +151,10 @@ def _summary(output: str) -> str:
 
 
 class UvInstaller(Installer):
-    """uv: fast creation, hardlinks from its cache, a real resolver."""
+    """uv: fast creation, hardlinks from its cache, a real resolver, ``uv pip sync``."""
 
     name = "uv"
+    can_sync = True
 
     def __init__(
         self,
@@ -240,6 +248,29 @@ class UvInstaller(Installer):
                 "--target",
                 str(target),
                 *pins,
+            ],
+            self._env(),
+        )
+
+    def sync(self, env: Path, wheels: Sequence[Path], listing: Path) -> None:
+        # `uv pip sync` uninstalls what is not listed (with the bytecode and scripts its
+        # RECORD names) and installs what is missing: the env ends as if built afresh.
+        listing.write_text("".join(f"{wheel.resolve().as_uri()}\n" for wheel in wheels))
+        self._run(
+            "syncing a trial env",
+            [
+                self.uv,
+                "pip",
+                "sync",
+                "--quiet",
+                "--no-config",
+                "--offline",
+                "--allow-empty-requirements",
+                "--link-mode",
+                "hardlink",
+                "--python",
+                str(env / "bin" / "python"),
+                str(listing),
             ],
             self._env(),
         )
@@ -405,10 +436,17 @@ class BuildTimings:
 class Workspace:
     """A private temp directory holding every env and scratch dir of one run.
 
-    Removing envs happens on a background thread, off the search's critical
-    path; :meth:`close` waits for it and removes the whole directory unless
-    the user asked to keep the envs.
+    A trial env is built afresh, or — when the installer can sync (uv) — made from
+    an idle env of an earlier trial that differs least from it: a search's
+    consecutive sets differ by a few packages, and syncing those is far cheaper
+    than linking every file of every package again. Removing envs and scratch
+    dirs happens on a background thread, off the search's critical path;
+    :meth:`close` waits for it and removes the whole directory unless the user
+    asked to keep the envs (then every trial has an env of its own).
     """
+
+    #: Idle envs kept for reuse; more are removed.
+    MAX_IDLE = 4
 
     def __init__(self, installer: Installer, run_token: str, *, keep: bool = False) -> None:
         self.installer = installer
@@ -420,6 +458,8 @@ class Workspace:
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._count = 0
+        self._contents: dict[Path, frozenset[Path]] = {}  #: env → the wheels it holds
+        self._idle: list[Path] = []
 
     def _slot(self, label: str) -> Path:
         with self._lock:
@@ -427,13 +467,27 @@ class Workspace:
             return self.root / f"{self._count:03d}-{label}"
 
     def build(self, wheels: Sequence[Path], label: str) -> tuple[TrialEnv, BuildTimings]:
-        """A fresh env with exactly these wheels, plus a scratch dir for its probe."""
+        """An env with exactly these wheels, plus a fresh scratch dir for its probe."""
         slot = self._slot(label)
         scratch = slot / "s"
-        path = slot / "env"
+        wanted = frozenset(wheels)
         started = time.monotonic()
         try:
             scratch.mkdir(parents=True)
+            idle = self._take_idle(wanted)
+            if idle is not None:
+                try:
+                    self.installer.sync(idle, wheels, scratch / "wheels.txt")
+                except EnvironmentBuildError as exc:
+                    self._remove(idle.parent)  # and build afresh: that says what is wrong
+                    if exc.disk_full:
+                        raise
+                else:
+                    self._hold(idle, wanted)
+                    return TrialEnv(path=idle, scratch=scratch), BuildTimings(
+                        0.0, time.monotonic() - started
+                    )
+            path = slot / "env"
             self.installer.create(path, self.python)
             created = time.monotonic()
             self.installer.install(path, wheels)
@@ -441,18 +495,45 @@ class Workspace:
             raise EnvironmentBuildError.from_os_error(
                 f"building a trial env in {slot}", exc
             ) from exc
-        installed = time.monotonic()
+        self._hold(path, wanted)
         return TrialEnv(path=path, scratch=scratch), BuildTimings(
-            created - started, installed - created
+            created - started, time.monotonic() - created
         )
 
+    def _hold(self, env: Path, wheels: frozenset[Path]) -> None:
+        with self._lock:
+            self._contents[env] = wheels
+
+    def _take_idle(self, wanted: frozenset[Path]) -> Path | None:
+        """The idle env closest to ``wanted``, if syncing it beats building afresh."""
+        if self.keep or not self.installer.can_sync:
+            return None
+        with self._lock:
+            if not self._idle:
+                return None
+            best = min(self._idle, key=lambda env: len(self._contents[env] ^ wanted))
+            if len(self._contents[best] ^ wanted) >= max(len(wanted), 1):
+                return None
+            self._idle.remove(best)
+            return best
+
     def discard(self, trial: TrialEnv) -> None:
-        """Remove a trial env in the background (kept with ``keep``)."""
+        """Done with a trial: its scratch dir goes; its env is kept idle for reuse, or goes."""
         if self.keep:
             return
-        slot = trial.path.parent
+        self._remove(trial.scratch)
         with self._lock:
-            self._pending.append(self._remover.submit(_remove_tree, slot))
+            if self.installer.can_sync and len(self._idle) < self.MAX_IDLE:
+                self._idle.append(trial.path)
+                return
+        self._remove(trial.path.parent)
+
+    def _remove(self, path: Path) -> None:
+        with self._lock:
+            self._contents = {
+                env: held for env, held in self._contents.items() if not env.is_relative_to(path)
+            }
+            self._pending.append(self._remover.submit(_remove_tree, path))
 
     def scratch(self, name: str) -> Path:
         path = self.root / name
