@@ -178,33 +178,7 @@ def run(
     quiet: QuietOpt = False,
 ) -> int:
     """Bisect the changes between --good and --bad down to the culprit package(s)."""
-    options = Options(
-        bad=bad,
-        good=good,
-        cache_dir=_writable("--cache-dir", cache_dir),
-        installer=installer,
-        python=python,
-        jobs=jobs,
-        repeat=repeat,
-        keep_envs=keep_envs,
-        outcome_cache=not no_cache,
-        outcome_cache_dir=(
-            None
-            if outcome_cache is None or no_cache
-            else _writable("--outcome-cache", outcome_cache)
-        ),
-        adaptive=not fixed_timeout,
-        timeout=timeout,
-        boot_timeout=boot_timeout,
-        max_time=max_time,
-        narrow=narrow,
-        find_links=_directories(find_links),
-        offline=offline,
-    )
-    outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
-    the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
-    header = f"envbisect: bad={bad} good={good} probe={the_probe.describe()}"
-    return _triage(options, the_probe, outputs, header, quiet)
+    return _execute("run", **locals())
 
 
 @app.command()
@@ -252,35 +226,79 @@ def gate(
     quiet: QuietOpt = False,
 ) -> int:
     """Probe --candidate; if it fails, name the change from --baseline that broke it (exit 1)."""
-    options = Options(
-        bad=candidate,
-        good=baseline,
-        cache_dir=_writable("--cache-dir", cache_dir),
-        installer=installer,
-        python=python,
-        jobs=jobs,
-        repeat=repeat,
-        keep_envs=keep_envs,
-        outcome_cache=not no_cache,
-        outcome_cache_dir=(
-            None
-            if outcome_cache is None or no_cache
-            else _writable("--outcome-cache", outcome_cache)
-        ),
-        adaptive=not fixed_timeout,
-        timeout=timeout,
-        boot_timeout=boot_timeout,
-        max_time=max_time,
-        gate=True,
-        narrow=narrow,
-        find_links=_directories(find_links),
-        offline=offline,
-    )
+    rest = {k: v for k, v in locals().items() if k not in ("candidate", "baseline")}
+    return _execute("gate", bad=candidate, good=baseline, **rest)
+
+
+def _execute(
+    command: str,
+    *,
+    bad: Path,
+    good: Path,
+    probe: str,
+    probe_cmd: str | None,
+    cwd: Path | None,
+    worker_module: str | None,
+    actor: str,
+    args: str,
+    broker_url: str,
+    installer: str,
+    cache_dir: Path,
+    jobs: int,
+    timeout: float,
+    boot_timeout: float,
+    fixed_timeout: bool,
+    repeat: int,
+    max_time: float | None,
+    python: Path | None,
+    offline: bool,
+    keep_envs: bool,
+    outcome_cache: Path | None,
+    no_cache: bool,
+    narrow: bool,
+    find_links: list[Path] | None,
+    json_path: Path | None,
+    markdown_path: Path | None,
+    junit_path: Path | None,
+    step_summary: bool,
+    quiet: bool,
+) -> int:
+    """What ``run`` and ``gate`` share: check the options, wire the probe, triage, report."""
     outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
-    the_probe = _probe(probe, probe_cmd, cwd, broker_url, _user_worker(worker_module, actor, args))
-    header = (
-        f"envbisect gate: candidate={candidate} baseline={baseline} probe={the_probe.describe()}"
-    )
+    try:
+        options = Options(
+            bad=bad,
+            good=good,
+            cache_dir=_writable("--cache-dir", cache_dir),
+            installer=installer,
+            python=python,
+            jobs=jobs,
+            repeat=repeat,
+            keep_envs=keep_envs,
+            outcome_cache=not no_cache,
+            outcome_cache_dir=(
+                None
+                if outcome_cache is None or no_cache
+                else _writable("--outcome-cache", outcome_cache)
+            ),
+            adaptive=not fixed_timeout,
+            timeout=timeout,
+            boot_timeout=boot_timeout,
+            max_time=max_time,
+            gate=command == "gate",
+            narrow=narrow,
+            find_links=_directories(find_links),
+            offline=offline,
+        )
+        worker = _user_worker(worker_module, actor, args)
+        the_probe = _probe(probe, probe_cmd, cwd, broker_url, worker)
+    except EnvbisectError as exc:
+        # CI reads the reports: they say what was wrong with the command line too.
+        outputs.write(error_json(mask_urls(str(exc)), int(exc.exit_code), command))
+        raise
+    sides = f"candidate={bad} baseline={good}" if command == "gate" else f"bad={bad} good={good}"
+    prog = "envbisect gate" if command == "gate" else "envbisect"
+    header = f"{prog}: {sides} probe={the_probe.describe()}"
     return _triage(options, the_probe, outputs, header, quiet)
 
 
@@ -346,7 +364,13 @@ def _probe(
     kind: str, command: str | None, cwd: Path | None, broker_url: str, worker: UserWorker | None
 ) -> Probe:
     if command is not None:
+        if kind != "consume" or worker is not None:
+            raise InputError("--probe-cmd is a probe of its own: leave out --probe/--worker-module")
         return CommandProbe(command=command, cwd=cwd)
+    if cwd is not None:
+        raise InputError("--cwd is the working directory of --probe-cmd, which is missing")
+    if kind.startswith("import:") and worker is not None:
+        raise InputError("--worker-module is probed by --probe consume or consume-async")
     if kind.startswith("import:"):
         return import_probe(kind.removeprefix("import:"))
     if kind in ("consume", "consume-async"):
@@ -361,8 +385,8 @@ def _probe(
 
 def _user_worker(module: str | None, actor: str, args: str) -> UserWorker | None:
     if module is None:
-        if actor:
-            raise InputError("--actor needs --worker-module")
+        if actor or args != "[]":
+            raise InputError(f"{'--actor' if actor else '--args'} needs --worker-module")
         return None
     if not all(part.isidentifier() for part in module.replace(":", ".").split(".")):
         raise InputError(

@@ -112,3 +112,40 @@ def test_a_bug_is_one_line_exit_9_and_a_report_never_exit_1(
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
     assert (report["verdict"], report["exit_code"]) == ("error", 9)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cwd", "."], "--cwd is the working directory of --probe-cmd, which is missing"),
+        (["--args", "[1]"], "--args needs --worker-module"),
+        (
+            ["--probe-cmd", "true", "--probe", "import:json"],
+            "--probe-cmd is a probe of its own: leave out --probe/--worker-module",
+        ),
+        (["--find-links", "/nonexistent-dir"], "--find-links /nonexistent-dir: not a directory"),
+    ],
+)
+def test_options_that_would_be_ignored_or_are_wrong_are_bad_input_with_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    report = tmp_path / "report.json"
+    code = main(
+        [
+            "run",
+            "--bad",
+            str(LOCKS / "requirements" / "candidate.txt"),
+            "--good",
+            str(LOCKS / "requirements" / "baseline.txt"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(report),
+            *args,
+        ]
+    )
+    assert code == ExitCode.USAGE
+    assert f"envbisect: error: {message}" in capsys.readouterr().err
+    written = json.loads(report.read_text())
+    jsonschema.validate(written, SCHEMA)
+    assert (written["verdict"], written["exit_code"], written["error"]) == ("error", 2, message)
