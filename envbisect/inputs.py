@@ -269,8 +269,9 @@ def read_requirement_file(path: Path) -> RequirementFile:
             f"{path}{where or ''}: not text ({exc.encoding} cannot decode byte "
             f"{exc.object[exc.start]:#04x}: {exc.reason})"
         ) from exc
-    # OSError: an include (-r URL) that cannot be fetched.
-    except (PipError, InvalidRequirement, ValueError, LookupError, OSError) as exc:
+    # OSError: an include (-r URL) that cannot be fetched. AssertionError: pip checks
+    # some of what it reads with assert (a NUL before `file:` fails one).
+    except (PipError, InvalidRequirement, ValueError, LookupError, OSError, AssertionError) as exc:
         raise InputError(_parse_error(path, str(exc) or type(exc).__name__)) from exc
     if not lines:
         raise InputError(f"{path}: no requirements in the file")

@@ -94,3 +94,9 @@ def test_venv_whose_interpreter_is_gone(tmp_path: Path) -> None:
     (env / "bin" / "python").unlink()
     with pytest.raises(InputError, match="interpreter is gone"):
         read_venv(env)
+
+
+def test_what_pip_asserts_on_is_an_input_error(tmp_path: Path) -> None:
+    # Found by the fuzzer: pip's url_to_path asserts on a NUL before `file:`.
+    with pytest.raises(InputError, match=r"req\.txt"):
+        read_requirement_file(write(tmp_path / "req.txt", "\x00file:"))
