@@ -79,6 +79,18 @@ def test_bad_gate_options(
     assert f"envbisect: error: {message}" in capsys.readouterr().err
 
 
+def on_requirements(command: str, tmp_path: Path, report: Path, *args: str) -> int:
+    """``main`` on the requirements lock pair, as run (bad, good) or gate sides."""
+    baseline, candidate = (
+        str(LOCKS / "requirements" / f"{n}.txt") for n in ("baseline", "candidate")
+    )
+    sides = ["--baseline", baseline, "--candidate", candidate]
+    if command == "run":
+        sides = ["--bad", candidate, "--good", baseline]
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
+    return main([command, *sides, *cache, *args])
+
+
 def test_a_bug_is_one_line_exit_9_and_a_report_never_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,21 +101,7 @@ def test_a_bug_is_one_line_exit_9_and_a_report_never_exit_1(
     monkeypatch.setattr("envbisect.cli.triage", crash)
     monkeypatch.delenv("ENVBISECT_DEBUG", raising=False)
     out = tmp_path / "report.json"
-    code = main(
-        [
-            "gate",
-            "--baseline",
-            str(LOCKS / "requirements" / "baseline.txt"),
-            "--candidate",
-            str(LOCKS / "requirements" / "candidate.txt"),
-            "--probe",
-            "import:json",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(out),
-        ]
-    )
+    code = on_requirements("gate", tmp_path, out, "--probe", "import:json")
     assert code == ExitCode.INTERNAL == 9
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -130,20 +128,7 @@ def test_options_that_would_be_ignored_or_are_wrong_are_bad_input_with_a_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     report = tmp_path / "report.json"
-    code = main(
-        [
-            "run",
-            "--bad",
-            str(LOCKS / "requirements" / "candidate.txt"),
-            "--good",
-            str(LOCKS / "requirements" / "baseline.txt"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--json",
-            str(report),
-            *args,
-        ]
-    )
+    code = on_requirements("run", tmp_path, report, *args)
     assert code == ExitCode.USAGE
     assert f"envbisect: error: {message}" in capsys.readouterr().err
     written = json.loads(report.read_text())
