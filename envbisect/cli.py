@@ -26,7 +26,7 @@ from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import Interrupted
 from envbisect.report import ConsoleObserver, error_json, render, to_json
-from envbisect.triage import Options, Verdict, triage
+from envbisect.triage import Finding, Options, Verdict, triage
 
 app = typer.Typer(
     add_completion=False,
@@ -292,14 +292,23 @@ def _execute(
         )
         worker = _user_worker(worker_module, actor, args)
         the_probe = _probe(probe, probe_cmd, cwd, broker_url, worker)
+        sides = (
+            f"candidate={bad} baseline={good}" if command == "gate" else f"bad={bad} good={good}"
+        )
+        prog = "envbisect gate" if command == "gate" else "envbisect"
+        header = f"{prog}: {sides} probe={the_probe.describe()}"
+        finding = _triage(options, the_probe, header, quiet)
+    # CI reads the reports: they say what went wrong too, the command line included.
     except EnvbisectError as exc:
-        # CI reads the reports: they say what was wrong with the command line too.
         outputs.write(error_json(mask_urls(str(exc)), int(exc.exit_code), command))
         raise
-    sides = f"candidate={bad} baseline={good}" if command == "gate" else f"bad={bad} good={good}"
-    prog = "envbisect gate" if command == "gate" else "envbisect"
-    header = f"{prog}: {sides} probe={the_probe.describe()}"
-    return _triage(options, the_probe, outputs, header, quiet)
+    except Exception as exc:
+        outputs.write(error_json(mask_urls(_internal(exc)), int(ExitCode.INTERNAL), command))
+        raise
+    code = (_GATE_CODES if command == "gate" else _VERDICT_CODES)[finding.verdict]
+    render(finding, Console(highlight=False))
+    outputs.write(to_json(finding, int(code)))
+    return int(code)
 
 
 @dataclass(frozen=True)
@@ -323,25 +332,13 @@ class _Outputs:
             _write("GITHUB_STEP_SUMMARY", Path(summary), markdown(report) + "\n", append=True)
 
 
-def _triage(options: Options, probe: Probe, outputs: _Outputs, header: str, quiet: bool) -> int:
-    out = Console(highlight=False)
+def _triage(options: Options, probe: Probe, header: str, quiet: bool) -> Finding:
+    """The run itself, its progress on stderr."""
     # soft_wrap: a progress line stays one line, whatever the terminal width.
     progress = Console(stderr=True, highlight=False, soft_wrap=True)
     if not quiet:
         progress.print(header, markup=False)
-    command = "gate" if options.gate else "run"
-    try:
-        finding = triage(options, probe, ConsoleObserver(progress, quiet=quiet))
-    except EnvbisectError as exc:
-        outputs.write(error_json(mask_urls(str(exc)), int(exc.exit_code), command))
-        raise
-    except Exception as exc:
-        outputs.write(error_json(mask_urls(_internal(exc)), int(ExitCode.INTERNAL), command))
-        raise
-    code = (_GATE_CODES if options.gate else _VERDICT_CODES)[finding.verdict]
-    render(finding, out)
-    outputs.write(to_json(finding, int(code)))
-    return int(code)
+    return triage(options, probe, ConsoleObserver(progress, quiet=quiet))
 
 
 def _write(option: str, path: Path, text: str, *, append: bool = False) -> None:
@@ -369,9 +366,9 @@ def _probe(
         return CommandProbe(command=command, cwd=cwd)
     if cwd is not None:
         raise InputError("--cwd is the working directory of --probe-cmd, which is missing")
-    if kind.startswith("import:") and worker is not None:
-        raise InputError("--worker-module is probed by --probe consume or consume-async")
     if kind.startswith("import:"):
+        if worker is not None:
+            raise InputError("--worker-module is probed by --probe consume or consume-async")
         return import_probe(kind.removeprefix("import:"))
     if kind in ("consume", "consume-async"):
         return ConsumeProbe(
