@@ -18,9 +18,10 @@ from platformdirs import user_cache_dir
 from rich.console import Console
 
 from envbisect import processes
-from envbisect.broker import DEFAULT_URL, connect, mask_urls
+from envbisect.broker import DEFAULT_URL, connect
 from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
+from envbisect.masking import mask_urls
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker

@@ -40,6 +40,7 @@ _PACKAGING_ROOT = str(Path(packaging.__file__).parent.parent)
 _INTERPRETER_QUERY = """
 import json, sys, sysconfig
 from packaging.markers import default_environment
+from packaging.tags import sys_tags
 # Without `site`, sys.prefix is the base interpreter's: name the venv's paths explicitly.
 venv = {"base": sys.argv[1], "platbase": sys.argv[1]}
 scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
@@ -49,6 +50,8 @@ print(json.dumps({
     "purelib": sysconfig.get_path("purelib", scheme, venv),
     "platlib": sysconfig.get_path("platlib", scheme, venv),
     "markers": default_environment(),
+    "tag": str(next(iter(sys_tags()))),
+    "platform": sysconfig.get_platform(),
 }))
 """
 
@@ -60,6 +63,8 @@ class Interpreter:
     executable: Path  #: a base interpreter (not a venv's) to create trial envs from
     version: str
     markers: Mapping[str, str] = field(hash=False, compare=False)
+    tag: str = ""  #: its most specific wheel tag, e.g. ``cp312-cp312-manylinux_2_36_x86_64``
+    platform: str = ""  #: ``sysconfig.get_platform()``, e.g. ``linux-x86_64``
 
     @property
     def minor(self) -> str:
@@ -146,16 +151,22 @@ def read_venv(path: Path) -> InstalledEnv:
         raise InputError(f"{path}: the virtualenv's interpreter is gone ({python} does not exist)")
     info = query_interpreter(python, label=str(path))
     site_packages = tuple(dict.fromkeys(Path(info[key]) for key in ("purelib", "platlib")))
-    interpreter = Interpreter(
+    return InstalledEnv(
+        path=path,
+        interpreter=interpreter_from(info),
+        site_packages=site_packages,
+        distributions=read_distributions(site_packages),
+    )
+
+
+def interpreter_from(info: Mapping[str, Any]) -> Interpreter:
+    """The :class:`Interpreter` an answer of :func:`query_interpreter` describes."""
+    return Interpreter(
         executable=Path(info["base_executable"]).resolve(),
         version=info["version"],
         markers=info["markers"],
-    )
-    return InstalledEnv(
-        path=path,
-        interpreter=interpreter,
-        site_packages=site_packages,
-        distributions=read_distributions(site_packages),
+        tag=info["tag"],
+        platform=info["platform"],
     )
 
 

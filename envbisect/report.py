@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from envbisect import __version__
-from envbisect.broker import mask_urls
 from envbisect.delta import Change, ChangeKind, Delta
+from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing
 from envbisect.search import Outcome
 from envbisect.triage import Finding, Trial, Verdict

@@ -29,6 +29,7 @@ from envbisect.inputs import (
     InstalledDistribution,
     Interpreter,
     RequirementFile,
+    interpreter_from,
     is_virtualenv,
     query_interpreter,
     read_distributions,
@@ -151,12 +152,7 @@ class Sources:
     def interpreter(self, python: Path | None) -> Interpreter:
         """The interpreter trial envs are made from when no live env names one."""
         executable = python or Path(getattr(sys, "_base_executable", sys.executable))
-        info = query_interpreter(executable, label=str(executable))
-        return Interpreter(
-            executable=Path(info["base_executable"]).resolve(),
-            version=info["version"],
-            markers=info["markers"],
-        )
+        return interpreter_from(query_interpreter(executable, label=str(executable)))
 
     def _resolve(self, requirements: RequirementFile, bad: Side) -> dict[NormalizedName, str]:
         output = self.workspace.scratch("resolve") / "good.txt"

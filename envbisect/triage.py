@@ -30,10 +30,10 @@ from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion
 
 from envbisect import processes
-from envbisect.broker import mask_urls
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
+from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing

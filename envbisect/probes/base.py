@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from envbisect.broker import mask_urls
+from envbisect.masking import mask_urls
 from envbisect.processes import RUN_TOKEN_VAR
 from envbisect.search import Outcome
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from envbisect.broker import mask, mask_urls
+from envbisect.masking import mask, mask_urls
 
 
 def test_mask_hides_the_password_only() -> None:
