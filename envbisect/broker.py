@@ -45,6 +45,8 @@ class BrokerClient(ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        #: The server's kind and version, e.g. ``RabbitMQ 3.12.1`` (known after :meth:`check`).
+        self.server = ""
 
     @property
     def masked(self) -> str:
@@ -52,7 +54,8 @@ class BrokerClient(ABC):
 
     @abstractmethod
     def check(self) -> None:
-        """Connect once; raise :class:`BrokerError` with one clear line if we cannot."""
+        """Connect once and learn :attr:`server`; raise :class:`BrokerError` with one clear
+        line if we cannot."""
 
     @abstractmethod
     def send(
@@ -145,8 +148,13 @@ class RabbitClient(BrokerClient):
                 connection.close()
 
     def check(self) -> None:
-        with self._channel():
-            pass
+        with self._channel() as channel:
+            # pika keeps the server's properties on the connection's implementation only.
+            impl = getattr(channel.connection, "_impl", None)  # type: ignore[attr-defined]
+            properties = getattr(impl, "server_properties", None) or {}
+        version = properties.get("version", b"unknown")
+        product = properties.get("product", b"RabbitMQ")
+        self.server = f"{_text(product)} {_text(version)}"
 
     def send(
         self,
@@ -189,6 +197,10 @@ class RabbitClient(BrokerClient):
                     channel.queue_delete(name)  # type: ignore[attr-defined]
                 except pika.exceptions.ChannelClosedByBroker:
                     channel = _reopen(channel)
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _reopen(channel: object) -> object:

@@ -34,7 +34,9 @@ class RedisClient(BrokerClient):
 
     def check(self) -> None:
         client = self._client()
-        self._call("reach", lambda: client.ping())  # type: ignore[attr-defined]
+        info = self._call("reach", lambda: client.info("server"))  # type: ignore[attr-defined]
+        version = info.get("redis_version", "unknown") if isinstance(info, dict) else "unknown"
+        self.server = f"Redis {version}"
 
     def send(
         self,

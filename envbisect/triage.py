@@ -14,14 +14,12 @@ and the baseline's results known.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import secrets
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +33,7 @@ from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
+from envbisect.outcomes import OutcomeCache, run_context
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
 from envbisect.sources import Side, Sources
@@ -225,15 +224,26 @@ class _Runner:
         self._known: dict[frozenset[str], Trial] = {}  #: the gate's sanity pair, not probed twice
         self._lock = threading.Lock()
         self._count = 0
-        self._pool = ThreadPoolExecutor(max_workers=max(2, options.jobs))
+        self._pool = ThreadPoolExecutor(max_workers=options.jobs)
+        # At most this many probes at once, counting a failing worker that is still being
+        # stopped: one when asked (--jobs 1) or when probes share a directory (--cwd).
+        self._slots = threading.BoundedSemaphore(1 if probe.exclusive else options.jobs)
         # Envs for the sets the search may test next, built while the current probe runs.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envbisect-pre")
         self._prebuilt: dict[frozenset[str], Future[tuple[TrialEnv, BuildTimings]]] = {}
         # Stopping healthy workers, deleting queues and envs: after the verdict, in order.
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envbisect-clean")
         self._cleanups: list[Future[list[BaseException]]] = []
-        self._outcomes = _OutcomeCache(
+        limits = {
+            "timeout": options.timeout,
+            "boot_timeout": options.boot_timeout,
+            "adaptive": options.adaptive,
+            "grace": options.grace,
+            "repeat": options.repeat,
+        }
+        self._outcomes = OutcomeCache(
             options.outcome_cache_dir or options.cache_dir / "outcomes",
+            run_context(bad.interpreter, probe.settings(), limits, os.environ),
             enabled=options.outcome_cache,
         )
 
@@ -317,21 +327,18 @@ class _Runner:
     def _gate(self, started: float) -> Finding | None:
         """The candidate decides: a verdict when it does not fail, else None (search on).
 
-        The baseline is probed alongside, as the search's sanity pair would be: a failing
-        candidate then waits only as long as the baseline's healthy worker suggests.
+        Both are probed afresh, never taken from the outcome cache: the gate's verdict is
+        theirs. The baseline is probed alongside (first, when one probe runs at a time), as
+        the search's sanity pair would be: a failing candidate then waits only as long as
+        the baseline's healthy worker suggests.
         """
-        sets = list(dict.fromkeys([self._everything, frozenset()]))
-        futures = [
-            self._pool.submit(self._trial, subset, phase, self.limits)
-            for subset, phase in zip(sets, ["candidate", "good"], strict=False)
-        ]
-        try:
-            candidate, *_ = trials = [future.result() for future in futures]
-        except BaseException:
-            processes.stop_all()  # as in _oracle: the other probe need not run out its time
-            raise
+        sets = [frozenset(), self._everything] if self.delta.changes else [frozenset()]
+        trials = self._trials(
+            [(s, "candidate" if s == self._everything else "good", self.limits) for s in sets],
+            use_cache=False,
+        )
+        candidate, baseline = trials[-1], trials[0]
         if candidate.outcome is Outcome.PASS:
-            baseline = trials[-1]
             note = ""
             if baseline.outcome is not Outcome.PASS:
                 note = f"the baseline fails the probe ({baseline.outcome}): the candidate fixes it"
@@ -345,12 +352,35 @@ class _Runner:
     def _confirm(self, result: SearchResult, started: float) -> Finding:
         """Re-run good + culprits with the full limits: a wrong culprit is worse than none."""
         culprits = tuple(self.delta.change(n) for n in sorted(result.culprits))
-        self.observer.say("confirming: " + ", ".join(change.describe() for change in culprits))
-        confirm = self._trial(
-            result.failing_set, "confirm", self._confirm_limits(), use_cache=False
+        self.observer.say(
+            "confirming: "
+            + ", ".join(change.describe() for change in culprits)
+            + "; and that the good set still passes"
         )
-        if confirm.result.diagnosis is Diagnosis.ENV_BUILD:
-            raise EnvironmentBuildError(f"the culprit set: {confirm.result.detail}")
+        # Both ends, afresh and with generous limits: the culprit set must fail again, and
+        # the good set pass again (else something besides the packages decides).
+        limits = self._confirm_limits()
+        confirm, good = self._trials(
+            [(result.failing_set, "confirm", limits), (frozenset(), "confirm", limits)],
+            use_cache=False,
+        )
+        for trial, side in ((confirm, "the culprit set"), (good, "the good set")):
+            if trial.result.diagnosis is Diagnosis.ENV_BUILD:
+                raise EnvironmentBuildError(f"{side}: {trial.result.detail}")
+        if good.outcome is not Outcome.PASS:
+            runs = ", ".join(r.outcome.value for r in good.results)
+            return self._finding(
+                Verdict.INCONSISTENT,
+                (),
+                good,
+                started,
+                note=(
+                    f"the good set did not pass when probed again ({runs}), so no culprit is "
+                    "named: the probe is flaky, or something outside the package sets decides it"
+                    + self._flaky_note()
+                ),
+                disagreements=(frozenset(),),
+            )
         if confirm.outcome is not Outcome.FAIL:
             suspects = ", ".join(change.describe() for change in culprits)
             runs = ", ".join(r.outcome.value for r in confirm.results)
@@ -406,7 +436,9 @@ class _Runner:
             "the rest of the culprit set fixed"
         )
         rest = failing - {change.name}
-        good_end = self._earlier(rest) or self._trial(rest, "narrow", self.limits)
+        good_end = self._earlier(rest) or self._trial(
+            self._next_index(), rest, "narrow", self.limits
+        )
         tried = [Tried(good, good_end.outcome, good_end.index, good_end.result.detail)]
         tried.append(Tried(bad, confirm.outcome, confirm.index, confirm.result.detail))
         if good_end.outcome is not Outcome.PASS:
@@ -416,7 +448,9 @@ class _Runner:
         def test(index: int) -> Outcome:
             if self.limits.left() <= 0:
                 return Outcome.ERROR  # --max-time: leave the rest untested, keep the culprit
-            trial = self._trial(failing, "narrow", self.limits, swap=(change, line[index]))
+            trial = self._trial(
+                self._next_index(), failing, "narrow", self.limits, swap=(change, line[index])
+            )
             tried.append(Tried(line[index], trial.outcome, trial.index, trial.result.detail))
             return trial.outcome
 
@@ -452,7 +486,7 @@ class _Runner:
             verdict=verdict,
             delta=self.delta,
             culprits=culprits,
-            trials=tuple(self.trials),
+            trials=tuple(sorted(self.trials, key=lambda trial: trial.index)),
             evidence=evidence,
             seconds=time.monotonic() - started,
             probe=self.probe.describe(),
@@ -470,20 +504,37 @@ class _Runner:
     def _oracle(self, batch: Sequence[frozenset[str]]) -> list[Outcome]:
         if self.limits.left() <= 0:
             raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
-        phases = [self._phase(subset) for subset in batch]
-        futures = [
-            self._pool.submit(self._trial, subset, phase, self.limits)
-            for subset, phase in zip(batch, phases, strict=True)
-        ]
+        trials = self._trials([(subset, self._phase(subset), self.limits) for subset in batch])
+        if self.limits.left() <= 0:
+            raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
+        return [trial.outcome for trial in trials]
+
+    def _trials(
+        self, requests: Sequence[tuple[frozenset[str], str, Limits]], *, use_cache: bool = True
+    ) -> list[Trial]:
+        """Run these trials (set, phase, limits) at once, as far as --jobs allows, numbered
+        in the order given."""
+        futures = []
+        for subset, phase, limits in requests:
+            known = self._known.get(subset) if use_cache else None
+            if known is not None:
+                futures.append(_done(known))
+                continue
+            index = self._next_index()
+            futures.append(
+                self._pool.submit(self._trial, index, subset, phase, limits, use_cache=use_cache)
+            )
         try:
-            trials = [future.result() for future in futures]
+            return [future.result() for future in futures]
         except BaseException:
             # This run is over: its other trials need not run to their time limits.
             processes.stop_all()
             raise
-        if self.limits.left() <= 0:
-            raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
-        return [trial.outcome for trial in trials]
+
+    def _next_index(self) -> int:
+        with self._lock:
+            self._count += 1
+            return self._count
 
     def _prepare(self, upcoming: Sequence[frozenset[str]]) -> None:
         """Start building the envs of the sets the search may test next."""
@@ -511,6 +562,7 @@ class _Runner:
 
     def _trial(
         self,
+        index: int,
         subset: frozenset[str],
         phase: str,
         limits: Limits,
@@ -519,12 +571,6 @@ class _Runner:
         swap: tuple[Change, str] | None = None,
     ) -> Trial:
         """Probe good + ``subset``; with ``swap``, that version of a culprit instead of its bad."""
-        known = self._known.get(subset) if use_cache and swap is None else None
-        if known is not None:
-            return known
-        with self._lock:
-            self._count += 1
-            index = self._count
         self.observer.trial_started(index, phase, len(subset))
         trial = self._outcome(index, phase, subset, limits, use_cache, swap)
         if phase == "good":
@@ -563,11 +609,11 @@ class _Runner:
             if unmet:
                 detail = f"untestable: {pin} needs {', '.join(unmet)}"
                 return _unrun(index, phase, subset, Outcome.SKIP, detail, package)
-        key = self._outcomes.key(packages, self.probe.settings(), self.options.repeat)
+        key = self._outcomes.key(packages)
         # An outcome that files outside the env decide (an editable install's source tree,
         # what a --probe-cmd reads) can change without the set changing: never cached.
         cacheable = self.probe.cacheable and not any(p.editable for p in packages.values())
-        cached = self._outcomes.get(key) if use_cache and cacheable else None
+        cached = self._outcomes.get(key, limits) if use_cache and cacheable else None
         if cached is not None:
             trial = Trial(
                 index, phase, subset, cached.outcome, (cached,), 0.0, 0.0, 0.0, cached=True
@@ -576,8 +622,8 @@ class _Runner:
             prebuilt = self._prebuilt.pop(subset, None) if swap is None else None
             wheels = self._wheels(packages, fetched)
             trial = self._probe(index, phase, subset, wheels, prebuilt, limits)
-            if cacheable and trial.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.SKIP):
-                self._outcomes.put(key, trial.result, trial.outcome)
+            if cacheable and trial.outcome is trial.result.outcome:  # not flaky
+                self._outcomes.put(key, trial.result)
         return replace(trial, substitute=packages[swap[0].name]) if swap else trial
 
     def _probe(
@@ -606,15 +652,12 @@ class _Runner:
                 index, phase, subset, Outcome.ERROR, (error,), 0.0, 0.0, time.monotonic() - started
             )
         waited_for_env = time.monotonic() - started
-        later = Later()
         try:
             results = tuple(
-                self._run_probe(env, f"{label}r{n}", limits, later)
-                for n in range(self.options.repeat)
+                self._run_probe(env, f"{label}r{n}", limits) for n in range(self.options.repeat)
             )
         finally:
-            later.add(lambda: self.workspace.discard(env))
-            self._cleanups.append(self._cleaner.submit(later.run))
+            self._later(lambda: self.workspace.discard(env))
         outcomes = {result.outcome for result in results}
         outcome = outcomes.pop() if len(outcomes) == 1 else Outcome.FLAKY
         return Trial(
@@ -628,8 +671,11 @@ class _Runner:
             time.monotonic() - started,
         )
 
-    def _run_probe(self, env: TrialEnv, label: str, limits: Limits, later: Later) -> ProbeResult:
+    def _run_probe(self, env: TrialEnv, label: str, limits: Limits) -> ProbeResult:
+        """One probe run in a slot of its own; the slot is free once its processes are gone."""
         token = f"{self.run_token}-{label}"
+        later = Later()
+        self._slots.acquire()
         try:
             return self.probe.run(env, token, limits, later)
         except OSError as exc:
@@ -639,6 +685,14 @@ class _Runner:
         finally:
             # After the worker is stopped: whatever it started that escaped its group.
             later.add(lambda: processes.kill_stragglers(token))
+            later.add(self._slots.release)
+            self._cleanups.append(self._cleaner.submit(later.run))
+
+    def _later(self, step: Callable[[], object]) -> None:
+        """Clean-up off the critical path: in order, on the cleaner thread."""
+        steps = Later()
+        steps.add(step)
+        self._cleanups.append(self._cleaner.submit(steps.run))
 
     def _wheels(
         self, packages: Mapping[NormalizedName, Package], fetched: Mapping[NormalizedName, Path]
@@ -678,6 +732,13 @@ class _Runner:
         )
 
 
+def _done(trial: Trial) -> Future[Trial]:
+    """A trial already known, as a finished future."""
+    future: Future[Trial] = Future()
+    future.set_result(trial)
+    return future
+
+
 def _unrun(
     index: int,
     phase: str,
@@ -690,46 +751,3 @@ def _unrun(
     diagnosis = Diagnosis.SKIPPED if outcome is Outcome.SKIP else Diagnosis.ENV_BUILD
     result = ProbeResult(outcome, diagnosis, detail)
     return Trial(index, phase, subset, outcome, (result,), 0.0, 0.0, 0.0, substitute=substitute)
-
-
-class _OutcomeCache:
-    """Outcomes by exact distribution set + probe settings, on disk across runs."""
-
-    def __init__(self, root: Path, *, enabled: bool) -> None:
-        self.root = root
-        self.enabled = enabled
-
-    def key(self, packages: Mapping[NormalizedName, Package], settings: str, repeat: int) -> str:
-        ident = [f"{p.name}=={p.version}#{p.digest}" for _, p in sorted(packages.items())]
-        blob = json.dumps({"packages": ident, "probe": settings, "repeat": repeat})
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> ProbeResult | None:
-        if not self.enabled:
-            return None
-        path = self.root / f"{key}.json"
-        try:
-            data = json.loads(path.read_text())
-            return ProbeResult(
-                outcome=Outcome(data["outcome"]),
-                diagnosis=Diagnosis(data["diagnosis"]),
-                detail=data["detail"],
-                evidence=tuple(data["evidence"]),
-                timings=data["timings"],
-                exit_status=data.get("exit_status"),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def put(self, key: str, result: ProbeResult, outcome: Outcome) -> None:
-        if not self.enabled:
-            return
-        data = asdict(result) | {"outcome": outcome.value}
-        tmp = self.root / f".{key}.{secrets.token_hex(3)}"
-        # Only a cache: a full disk must not cost the run its verdict.
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, default=str))
-            tmp.replace(self.root / f"{key}.json")
-        except OSError:
-            tmp.unlink(missing_ok=True)

@@ -34,6 +34,14 @@ class Diagnosis(StrEnum):
 
 
 @dataclass(frozen=True)
+class LimitReached:
+    """A time limit ran out before the probe could pass: the result says "not within this"."""
+
+    limit: str  #: which one: "boot", "consume" or "command" (see :class:`Limits`)
+    waited: float  #: seconds the probe waited before it gave up
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     """One probe run: the verdict, why, and what was seen."""
 
@@ -46,6 +54,9 @@ class ProbeResult:
     #: The probe itself could not be set up in this env (a missing worker module, a
     #: command that does not exist): not a verdict on the packages.
     setup_error: str | None = None
+    #: Set when a time limit decided a failure (a stall, a slow boot): with a longer limit
+    #: the same run might have passed.
+    limit_reached: LimitReached | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,12 @@ class Probe(ABC):
     @abstractmethod
     def settings(self) -> str:
         """What, besides the package set, decides the outcome (for the outcome cache)."""
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether its runs share state outside their envs (a working directory), so that
+        they must run one at a time."""
+        return False
 
     def check(self) -> None:  # noqa: B027 - most probes have nothing to check
         """Fail early, with one clear line, when the probe cannot run at all."""

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbisect.errors import InputError
-from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv, tail
+from envbisect.probes.base import (
+    Diagnosis,
+    Later,
+    LimitReached,
+    Limits,
+    Probe,
+    ProbeResult,
+    TrialEnv,
+    tail,
+)
 from envbisect.processes import Child
 from envbisect.search import Outcome
 
@@ -37,6 +46,10 @@ class CommandProbe(Probe):
 
     def settings(self) -> str:
         return f"{self.describe()} cwd={self.cwd}"
+
+    @property
+    def exclusive(self) -> bool:
+        return self.cwd is not None  # the user's directory: probes there see each other
 
     def check(self) -> None:
         if self.cwd is not None and not self.cwd.is_dir():
@@ -64,6 +77,7 @@ class CommandProbe(Probe):
                 tail(log),
                 {"boot": 0.0, "wait": seconds},
                 exit_status=stopped.returncode,
+                limit_reached=LimitReached("command", seconds),
             )
         return self._verdict(code, tail(log), seconds)
 

@@ -32,6 +32,7 @@ from envbisect.broker import BrokerClient, QueueState
 from envbisect.probes.base import (
     Diagnosis,
     Later,
+    LimitReached,
     Limits,
     Probe,
     ProbeResult,
@@ -80,7 +81,7 @@ class ConsumeProbe(Probe):
     def settings(self) -> str:
         worker = "" if self.worker is None else f" {self.worker.args!r} {self.worker.kwargs!r}"
         digest = hashlib.sha256(PROBE_MODULE.read_bytes()).hexdigest()[:12]
-        return f"{self.describe()}{worker} probe-module={digest}"
+        return f"{self.describe()}{worker} server={self.broker.server} probe-module={digest}"
 
     def check(self) -> None:
         self.broker.check()
@@ -178,6 +179,7 @@ class ConsumeProbe(Probe):
                 f"worker never got ready within {timings['boot']:.1f} s{ignored}",
                 evidence,
                 timings,
+                limit_reached=LimitReached("boot", timings["boot"]),
             )
         errors = [line for line in log_lines(log) if _CONSUMER_ERROR.search(line)]
         if errors:
@@ -189,6 +191,7 @@ class ConsumeProbe(Probe):
                 f"{ignored}",
                 evidence,
                 timings,
+                limit_reached=LimitReached("consume", timings["wait"]),
             )
         return _silent(state, timings, evidence, ignored)
 
@@ -254,6 +257,7 @@ def _silent(
 ) -> ProbeResult:
     """Ready, no errors, no actor run: the broker's view of the queue says which way."""
     waited = f"{timings['wait']:.1f} s"
+    limit = LimitReached("consume", timings["wait"])
     if state is not None and state.ready > 0:
         consumers = (
             "no consumer registered"
@@ -264,15 +268,32 @@ def _silent(
         )
         detail = f"worker ready, {consumers}; message still ready on the broker after {waited}"
         return ProbeResult(
-            Outcome.FAIL, Diagnosis.NOT_DELIVERED, detail + ignored, evidence, timings
+            Outcome.FAIL,
+            Diagnosis.NOT_DELIVERED,
+            detail + ignored,
+            evidence,
+            timings,
+            limit_reached=limit,
         )
     if state is not None:
         detail = f"message delivered (unacked) but the actor never ran within {waited}"
         return ProbeResult(
-            Outcome.FAIL, Diagnosis.DELIVERED_NOT_RUN, detail + ignored, evidence, timings
+            Outcome.FAIL,
+            Diagnosis.DELIVERED_NOT_RUN,
+            detail + ignored,
+            evidence,
+            timings,
+            limit_reached=limit,
         )
     detail = f"worker ready, actor never ran within {waited}; queue state unavailable"
-    return ProbeResult(Outcome.FAIL, Diagnosis.NOT_DELIVERED, detail + ignored, evidence, timings)
+    return ProbeResult(
+        Outcome.FAIL,
+        Diagnosis.NOT_DELIVERED,
+        detail + ignored,
+        evidence,
+        timings,
+        limit_reached=limit,
+    )
 
 
 class _Watch:
