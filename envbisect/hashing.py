@@ -116,8 +116,14 @@ class FileHashes:
                     fresh[str(path)] = (stamp, digest)
             return path, Hashed(digest, stamp.size, result.st_mode)
 
+        def some(batch: list[Path]) -> list[tuple[Path, Hashed] | None]:
+            return [one(path) for path in batch]
+
+        # In batches: a task per file would cost more than stat-ing an unchanged one.
+        size = max(1, len(wanted) // (THREADS * 4))
+        batches = [wanted[at : at + size] for at in range(0, len(wanted), size)]
         with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="envbisect-hash") as pool:
-            found = dict(item for item in pool.map(one, wanted) if item is not None)
+            found = dict(item for done in pool.map(some, batches) for item in done if item)
         self._store(fresh)
         return found
 

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from importlib.metadata import PackageMetadata
 from pathlib import Path
 from typing import Any
 
@@ -212,51 +213,52 @@ def read_distributions(
 
     Their files are hashed as they are on disk (``hashes``: a persistent cache).
     """
-    found: dict[NormalizedName, metadata.Distribution] = {}
+    found: dict[NormalizedName, tuple[metadata.Distribution, PackageMetadata]] = {}
     for dist in metadata.distributions(path=[str(p) for p in site_packages]):
-        name = dist.metadata["Name"]
-        if name:
-            found.setdefault(canonicalize_name(name), dist)
+        meta = dist.metadata  # parsed anew on each access: once is enough
+        if meta["Name"]:
+            found.setdefault(canonicalize_name(meta["Name"]), (dist, meta))
     dist_infos = {
         key: dist_info
-        for key, dist in found.items()
+        for key, (dist, _) in found.items()
         if (dist_info := _dist_info_dir(dist)) is not None and (dist_info / "RECORD").is_file()
     }
     contents = survey(dist_infos, hashes or FileHashes(None))
     return {
-        key: _installed(dist, key, dist_infos.get(key), contents.get(key))
-        for key, dist in found.items()
+        key: _installed(dist, meta, key, dist_infos.get(key), contents.get(key))
+        for key, (dist, meta) in found.items()
     }
 
 
 def _installed(
     dist: metadata.Distribution,
+    meta: PackageMetadata,
     key: NormalizedName,
     dist_info: Path | None,
     contents: Contents | None,
 ) -> InstalledDistribution:
-    name = dist.metadata["Name"]
+    name, version = meta["Name"], meta["Version"]
     direct_url = dist.read_text("direct_url.json")
     source: dict[str, Any] = {}
     if direct_url:
-        with contextlib.suppress(ValueError, AttributeError):
+        with contextlib.suppress(ValueError, TypeError):
             source = dict(json.loads(direct_url))
     editable = bool(isinstance(source.get("dir_info"), dict) and source["dir_info"].get("editable"))
     if contents is None:
-        digest = text_digest(f"{name}=={dist.version}")
+        digest = text_digest(f"{name}=={version}")
     elif editable:
         # Its code lives in the source tree: the same tree, version and metadata in
         # good and bad is the same package, whichever installer linked it in.
         digest = text_digest(
-            "editable", str(source.get("url")), dist.version, dist.read_text("METADATA") or ""
+            "editable", str(source.get("url")), version, dist.read_text("METADATA") or ""
         )
     else:
         digest = contents.digest
     return InstalledDistribution(
         name=key,
         display_name=name,
-        version=dist.version,
-        requires=tuple(dist.requires or ()),
+        version=version,
+        requires=tuple(meta.get_all("Requires-Dist") or dist.requires or ()),
         dist_info=dist_info if contents is not None else None,
         site_packages=Path(str(dist.locate_file(""))),
         editable=editable,

@@ -75,7 +75,7 @@ class Contents:
 @dataclass(frozen=True)
 class _Entry:
     relative: str  #: as the RECORD names it; for an added file, relative to site-packages
-    source: Path  #: normalised, symlinks not resolved
+    source: str  #: absolute, normalised, symlinks not resolved
     arcname: str
     script: bool
     expected: str | None  #: hex sha256 from the RECORD (None: no sha256 there)
@@ -118,16 +118,16 @@ def survey(
     All distributions of the env are surveyed together: a file beside them is an
     addition only if no RECORD of the env lists it.
     """
+    # Plain strings, not Path: ~10k files, and pathlib's parsing would be most of the time.
     entries: dict[NormalizedName, list[_Entry]] = {}
     left_out: dict[NormalizedName, list[str]] = {}
-    listed: set[Path] = set()
-    owners: dict[Path, set[NormalizedName]] = {}
+    listed: set[str] = set()
+    owners: dict[str, set[NormalizedName]] = {}
     for name, dist_info in dist_infos.items():
-        site = dist_info.parent
-        placer = _Placer(dist_info, site)
+        placer = _Placer(str(dist_info))
         entries[name], left_out[name] = [], []
         for relative, hash_field in _record_rows(dist_info / "RECORD"):
-            source = Path(os.path.normpath(site / relative))
+            source = os.path.normpath(os.path.join(placer.site, relative))
             listed.add(source)
             if relative.endswith(".pyc") or "__pycache__" in relative.split("/"):
                 continue  # bytecode: installers compile it again
@@ -136,25 +136,26 @@ def survey(
                 left_out[name].append(f"{relative} ({why})")
             if arcname is None:
                 continue
-            if source.parent != site and source.is_relative_to(site):
-                owners.setdefault(source.parent, set()).add(name)
+            parent = os.path.dirname(source)
+            if parent != placer.site and parent.startswith(placer.site_slash):
+                owners.setdefault(parent, set()).add(name)
             script = arcname.startswith(placer.scripts)
             entries[name].append(_Entry(relative, source, arcname, script, _sha256_hex(hash_field)))
     for path, names in _added_files(owners, listed):
         for name in names:
-            relative = path.relative_to(dist_infos[name].parent).as_posix()
+            relative = os.path.relpath(path, dist_infos[name].parent)
             entries[name].append(_Entry(relative, path, relative, False, None, added=True))
-    real_dirs: dict[Path, Path] = {}
-    readable: dict[Path, Path] = {}
+    real_dirs: dict[str, str] = {}
+    readable: dict[str, Path] = {}
     for name, found in entries.items():
-        root = _real(_prefix_of(dist_infos[name].parent), real_dirs)
+        root = _real(str(_prefix_of(dist_infos[name].parent)), real_dirs) + os.sep
         kept = []
         for entry in found:
             real = _real(entry.source, real_dirs)
-            if not real.is_relative_to(root):
+            if not real.startswith(root):
                 left_out[name].append(f"{entry.relative} (a symlink to {real}, outside the env)")
                 continue
-            readable[entry.source] = real
+            readable[entry.source] = Path(real)
             kept.append(entry)
         entries[name] = kept
     hashed = hashes.hash_files(readable.values())
@@ -165,7 +166,7 @@ def survey(
 
 def _contents(
     entries: list[_Entry],
-    readable: Mapping[Path, Path],
+    readable: Mapping[str, Path],
     hashed: Mapping[Path, Hashed],
     left_out: list[str],
 ) -> Contents:
@@ -201,42 +202,44 @@ def _contents(
 class _Placer:
     """Where one distribution's files go in its repacked wheel (or why they do not)."""
 
-    def __init__(self, dist_info: Path, site: Path) -> None:
+    def __init__(self, dist_info: str) -> None:
         self.dist_info = dist_info
-        self.site = site
-        self.prefix = _prefix_of(site)
-        self.bin = self.prefix / "bin"
-        self.console_scripts = _console_scripts(dist_info)
-        data = f"{dist_info.name.removesuffix('.dist-info')}.data"
+        self.site = os.path.dirname(dist_info)
+        self.site_slash = self.site + os.sep
+        self.prefix = str(_prefix_of(Path(self.site)))
+        self.prefix_slash = self.prefix + os.sep
+        self.bin = os.path.join(self.prefix, "bin")
+        self.console_scripts = _console_scripts(Path(dist_info))
+        data = f"{os.path.basename(dist_info).removesuffix('.dist-info')}.data"
         self.scripts = f"{data}/scripts/"
         self.data = f"{data}/data/"
 
-    def place(self, source: Path) -> tuple[str | None, str | None]:
+    def place(self, source: str) -> tuple[str | None, str | None]:
         """``(arcname, None)``; ``(None, why)`` when left out; ``(None, None)``: not packed."""
-        if source.parent == self.bin:
-            if source.name in self.console_scripts:
+        parent, base = os.path.split(source)
+        if parent == self.bin:
+            if base in self.console_scripts:
                 return None, None  # written again by the installer from entry_points.txt
-            if _ENV_SCRIPTS.fullmatch(source.name):
+            if _ENV_SCRIPTS.fullmatch(base):
                 return None, "the env's own interpreter or activation script"
-            return self.scripts + source.name, None
-        if source.is_relative_to(self.site):
-            if source.parent == self.dist_info and source.name in INSTALLER_FILES:
+            return self.scripts + base, None
+        if source.startswith(self.site_slash):
+            if parent == self.dist_info and base in INSTALLER_FILES:
                 return None, None
-            return source.relative_to(self.site).as_posix(), None
-        if not source.is_relative_to(self.prefix):
+            return source[len(self.site_slash) :].replace(os.sep, "/"), None
+        if not source.startswith(self.prefix_slash):
             return None, "outside the env"
-        relative = source.relative_to(self.prefix)
-        if relative == Path("pyvenv.cfg"):
+        parts = source[len(self.prefix_slash) :].split(os.sep)
+        if parts == ["pyvenv.cfg"]:
             return None, "the env's own configuration"
-        parts = relative.parts
         if len(parts) > 2 and parts[0] in ("lib", "lib64") and parts[1].startswith("python"):
             return None, "in the interpreter's library, outside site-packages"
-        return self.data + relative.as_posix(), None
+        return self.data + "/".join(parts), None
 
 
 def _added_files(
-    owners: Mapping[Path, set[NormalizedName]], listed: set[Path]
-) -> Iterator[tuple[Path, set[NormalizedName]]]:
+    owners: Mapping[str, set[NormalizedName]], listed: set[str]
+) -> Iterator[tuple[str, set[NormalizedName]]]:
     """Files in (or below) directories distributions own that no RECORD lists."""
     for directory, names in owners.items():
         pending = [directory]
@@ -248,15 +251,14 @@ def _added_files(
             except OSError:
                 continue
             for child in children:
-                path = Path(child.path)
                 if child.is_dir(follow_symlinks=False):
                     # An owned subdirectory is looked at on its own, for its own owners.
-                    if child.name != "__pycache__" and path not in owners:
-                        pending.append(path)
-                elif path not in listed and not child.name.endswith((".pyc", ".pyo")):
-                    if path.parent.name.endswith(".dist-info") and child.name in INSTALLER_FILES:
+                    if child.name != "__pycache__" and child.path not in owners:
+                        pending.append(child.path)
+                elif child.path not in listed and not child.name.endswith((".pyc", ".pyo")):
+                    if current.endswith(".dist-info") and child.name in INSTALLER_FILES:
                         continue
-                    yield path, names
+                    yield child.path, names
 
 
 def _record_rows(record: Path) -> Iterator[tuple[str, str]]:
@@ -277,14 +279,15 @@ def _sha256_hex(field: str) -> str | None:
         return None
 
 
-def _real(path: Path, real_dirs: dict[Path, Path]) -> Path:
-    """``path`` with symlinks resolved; its directory's resolution remembered (~10k files)."""
-    parent = real_dirs.get(path.parent)
-    if parent is None:
-        parent = real_dirs[path.parent] = Path(os.path.realpath(path.parent))
+def _real(path: str, real_dirs: dict[str, str]) -> str:
+    """``path`` with symlinks resolved; each directory's resolution remembered (~10k files)."""
+    parent, base = os.path.split(path)
+    real_parent = real_dirs.get(parent)
+    if real_parent is None:
+        real_parent = real_dirs[parent] = os.path.realpath(parent)
     if os.path.islink(path):
-        return Path(os.path.realpath(path))
-    return parent / path.name
+        return os.path.realpath(path)
+    return os.path.join(real_parent, base)
 
 
 def _console_scripts(dist_info: Path) -> set[str]:
