@@ -127,7 +127,7 @@ def survey(
         placer = _Placer(str(dist_info))
         entries[name], left_out[name] = [], []
         for relative, hash_field in _record_rows(dist_info / "RECORD"):
-            source = os.path.normpath(os.path.join(placer.site, relative))
+            source = placer.locate(relative)
             listed.add(source)
             if relative.endswith(".pyc") or "__pycache__" in relative.split("/"):
                 continue  # bytecode: installers compile it again
@@ -213,6 +213,14 @@ class _Placer:
         data = f"{os.path.basename(dist_info).removesuffix('.dist-info')}.data"
         self.scripts = f"{data}/scripts/"
         self.data = f"{data}/data/"
+
+    def locate(self, relative: str) -> str:
+        """The file a RECORD path names (absolute, normalised)."""
+        if self.prefix == self.site and relative.startswith("../../bin/"):
+            # pip --target records scripts relative to the home scheme it installed into
+            # first (<home>/lib/python, <home>/bin); they end up in <target>/bin.
+            relative = relative.removeprefix("../../")
+        return os.path.normpath(os.path.join(self.site, relative))
 
     def place(self, source: str) -> tuple[str | None, str | None]:
         """``(arcname, None)``; ``(None, why)`` when left out; ``(None, None)``: not packed."""

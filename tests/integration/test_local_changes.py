@@ -19,7 +19,7 @@ from uv import find_uv_bin
 from envbisect import processes
 from envbisect.envs import Workspace, installer
 from envbisect.errors import ExitCode
-from envbisect.inputs import read_venv
+from envbisect.inputs import read_distributions, read_venv
 from envbisect.sources import Sources
 from envbisect.wheels import WheelCache
 
@@ -169,3 +169,21 @@ def test_an_editable_of_one_source_tree_compares_equal_whoever_installed_it(
         assert dist.editable and dist.local_changes == ()
         digests.append(dist.content_digest)
     assert digests[0] == digests[1]
+
+
+def test_one_release_has_one_digest_however_it_was_installed(
+    tmp_path: Path, fixture_env: Callable[[str], Path]
+) -> None:
+    # dramatiq carries a plain script (dramatiq-gevent) besides its console script: pip
+    # --target records it as ../../bin/…, uv as bin/…, a venv's RECORD as ../../../bin/….
+    env = read_venv(fixture_env("healthy")).distributions["dramatiq"]
+    pip_target, uv_target = tmp_path / "pip", tmp_path / "uv"
+    pin = f"dramatiq=={env.version}"
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "--target", str(pip_target), pin], check=True)
+    uv = [UV, "pip", "install", "-q", "--python", sys.executable]
+    subprocess.run([*uv, "--no-deps", "--target", str(uv_target), pin], check=True)
+    for target in (pip_target, uv_target):
+        fetched = read_distributions((target,))["dramatiq"]
+        assert (fetched.left_out, fetched.local_changes) == ((), ())
+        assert fetched.content_digest == env.content_digest, target
