@@ -159,9 +159,9 @@ class Sources:
         env = read_venv(path, self.hashes)
         files = self.hashes.read - read + self.hashes.reused - reused
         self.say(
-            f"read {len(env.distributions)} distributions from {path}: {files} files hashed "
-            f"in {time.monotonic() - started:.1f} s ({self.hashes.reused - reused} unchanged "
-            "since the last run)"
+            f"read {len(env.distributions)} distributions ({files} files, "
+            f"{self.hashes.reused - reused} unchanged since the last run) from {path} "
+            f"in {time.monotonic() - started:.1f} s"
         )
         for package in map(_package, env.distributions.values()):
             if package.local_changes:
