@@ -13,6 +13,7 @@ continuations mean what they mean to pip.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import logging
@@ -270,7 +271,11 @@ def _installed(
 
 
 def _dist_info_dir(dist: metadata.Distribution) -> Path | None:
-    for entry in dist.files or ():
+    try:
+        files = dist.files or ()
+    except csv.Error:
+        return None  # a garbled RECORD: not repackable, like none at all
+    for entry in files:
         parent = entry.parent
         if parent.name.endswith(".dist-info") and entry.name == "METADATA":
             return Path(str(dist.locate_file(parent)))

@@ -116,7 +116,8 @@ def survey(
     """The contents of each distribution (by its ``.dist-info``, with a RECORD) of one env.
 
     All distributions of the env are surveyed together: a file beside them is an
-    addition only if no RECORD of the env lists it.
+    addition only if no RECORD of the env lists it. One whose RECORD cannot be
+    read is left out of the answer (like a distribution without one).
     """
     # Plain strings, not Path: ~10k files, and pathlib's parsing would be most of the time.
     entries: dict[NormalizedName, list[_Entry]] = {}
@@ -124,9 +125,12 @@ def survey(
     listed: set[str] = set()
     owners: dict[str, set[NormalizedName]] = {}
     for name, dist_info in dist_infos.items():
+        rows = _record_rows(dist_info / "RECORD")
+        if rows is None:
+            continue
         placer = _Placer(str(dist_info))
         entries[name], left_out[name] = [], []
-        for relative, hash_field in _record_rows(dist_info / "RECORD"):
+        for relative, hash_field in rows:
             source = placer.locate(relative)
             listed.add(source)
             if relative.endswith(".pyc") or "__pycache__" in relative.split("/"):
@@ -269,11 +273,17 @@ def _added_files(
                     yield child.path, names
 
 
-def _record_rows(record: Path) -> Iterator[tuple[str, str]]:
-    with record.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        for row in csv.reader(handle):
-            if row and row[0]:
-                yield row[0], row[1] if len(row) > 1 else ""
+def _record_rows(record: Path) -> list[tuple[str, str]] | None:
+    """``(path, hash)`` of each RECORD row; None for a RECORD that cannot be read."""
+    try:
+        with record.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            return [
+                (row[0], row[1] if len(row) > 1 else "")
+                for row in csv.reader(handle)
+                if row and row[0]
+            ]
+    except (OSError, csv.Error):
+        return None
 
 
 def _sha256_hex(field: str) -> str | None:

@@ -15,7 +15,10 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from envbisect.delta import FileChange, LocalChange
+from envbisect.errors import EnvironmentBuildError
 from envbisect.hashing import RACY_NS, FileHashes
 from envbisect.inputs import read_venv
 from envbisect.wheels import WheelCache
@@ -219,3 +222,31 @@ def test_a_large_file_is_repacked_in_bounded_memory(tmp_path: Path) -> None:
         assert archive.getinfo("demo/blob.bin").file_size == size
         with archive.open("demo/blob.bin") as packed:
             assert hashlib.file_digest(packed, "sha256").digest() == digest.digest()
+
+
+def test_a_file_changed_after_the_env_was_read_is_never_packed_under_the_old_digest(
+    tmp_path: Path,
+) -> None:
+    env = make_env(tmp_path / "env")
+    site = install(env, PACKAGE)
+    dist = read_venv(env).distributions["demo"]
+    (site / "demo" / "core.py").write_bytes(b"VALUE = 'changed while envbisect ran'\n")
+    cache = WheelCache(tmp_path / "cache")
+    with pytest.raises(EnvironmentBuildError, match=r"demo==1\.0: demo/core\.py changed while"):
+        cache.repack(dist)
+    assert not list((tmp_path / "cache").rglob("*.whl")), "a wheel was filed under the old digest"
+    # Read again, it is a local change of its own, in a slot of its own.
+    again = read_venv(env).distributions["demo"]
+    assert again.local_changes == (LocalChange("demo/core.py", FileChange.MODIFIED),)
+    assert b"changed while" in members(cache.repack(again).path)["demo/core.py"]
+
+
+def test_a_record_that_cannot_be_parsed_makes_the_distribution_not_repackable(
+    tmp_path: Path,
+) -> None:
+    env = make_env(tmp_path / "env")
+    site = install(env, PACKAGE)
+    with (site / "demo-1.0.dist-info" / "RECORD").open("a") as record:
+        record.write("demo/" + "x" * 200_000 + ".py,,\n")  # beyond the csv module's field limit
+    dist = read_venv(env).distributions["demo"]
+    assert (dist.version, dist.dist_info, dist.files) == ("1.0", None, ())
