@@ -1,7 +1,8 @@
 """Pure: the changes between a good and a bad package set, and their dependency graph.
 
 A *change* is a package added in bad, removed from good, at another version, or
-at the same version with other files (a locally modified install). A trial
+at the same version with other files (a locally modified install: files patched
+in place, added or removed after installation, named by :class:`LocalChange`). A trial
 applies a subset of the changes to the good set; :meth:`Delta.closure` grows
 the subset so that the trial never lacks a dependency the bad set had:
 
@@ -28,6 +29,25 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 
+class FileChange(StrEnum):
+    """How an installed file differs from what its distribution's RECORD says."""
+
+    MODIFIED = "modified"  #: other bytes than the RECORD's hash
+    ADDED = "added"  #: in a directory the distribution owns, listed in no RECORD
+    REMOVED = "removed"  #: listed in the RECORD, gone from disk
+
+
+@dataclass(frozen=True)
+class LocalChange:
+    """One file of an installed distribution that differs from its RECORD."""
+
+    path: str  #: as a RECORD names it: relative to site-packages
+    kind: FileChange
+
+    def __str__(self) -> str:
+        return self.path if self.kind is FileChange.MODIFIED else f"{self.path} ({self.kind})"
+
+
 @dataclass(frozen=True)
 class Package:
     """A pinned distribution as the delta sees it."""
@@ -36,11 +56,20 @@ class Package:
     display_name: str
     version: str
     requires: tuple[str, ...] = ()  #: raw Requires-Dist lines
-    digest: str = ""  #: content digest; differs when the files differ
+    digest: str = ""  #: content digest (of the files on disk); differs when the files differ
     editable: bool = False  #: its code lives in a source tree outside the env
+    local_changes: tuple[LocalChange, ...] = ()  #: files changed since it was installed
 
     def __str__(self) -> str:
         return f"{self.display_name} {self.version}"
+
+    def local_summary(self, most: int = 3) -> str:
+        """``locally modified: a.py, b.py and 2 more``; empty when installed as released."""
+        if not self.local_changes:
+            return ""
+        shown = ", ".join(str(change) for change in self.local_changes[:most])
+        more = len(self.local_changes) - most
+        return f"locally modified: {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 class ChangeKind(StrEnum):
@@ -76,15 +105,21 @@ class Change:
             return ""
 
     def describe(self) -> str:
-        """E.g. ``gevent 24.11.1 (added)`` or ``pika 1.3.2 → 1.1.0 (downgrade)``."""
-        if self.kind is ChangeKind.ADDED and self.bad:
-            return f"{self.bad} (added)"
+        """E.g. ``gevent 24.11.1 (added)``, ``pika 1.3.2 → 1.1.0 (downgrade)`` or
+        ``pika 1.3.2, locally modified: pika/adapters/blocking_connection.py``."""
+        local = self.bad.local_summary() if self.bad else ""
         if self.kind is ChangeKind.REMOVED and self.good:
             return f"{self.good} (removed)"
         if self.kind is ChangeKind.MODIFIED and self.bad:
-            return f"{self.bad} (locally modified)"
-        assert self.good and self.bad
-        return f"{self.display_name} {self.good.version} → {self.bad.version} ({self.direction})"
+            return f"{self.bad}, {local}" if local else f"{self.bad} (same version, other files)"
+        if self.kind is ChangeKind.ADDED and self.bad:
+            head = f"{self.bad} (added)"
+        else:
+            assert self.good and self.bad
+            head = (
+                f"{self.display_name} {self.good.version} → {self.bad.version} ({self.direction})"
+            )
+        return f"{head}, {local}" if local else head
 
 
 def _missing() -> Package:

@@ -3,7 +3,9 @@
 A live virtualenv is read with :mod:`importlib.metadata` pointed at its
 site-packages (never by importing its code); its interpreter is asked, with
 ``-I -S`` so no ``.pth`` hook of the env runs, for its version, paths and PEP
-508 marker environment. Requirement files are parsed by pip's own parser
+508 marker environment. Every file of a distribution is hashed as it is on disk (see
+:mod:`envbisect.records`), so a package patched in place is seen as such.
+Requirement files are parsed by pip's own parser
 (through pip-tools), so ``-r``/``-c`` includes, ``--hash`` options and line
 continuations mean what they mean to pip.
 """
@@ -11,7 +13,7 @@ continuations mean what they mean to pip.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import csv
 import io
 import json
 import logging
@@ -21,6 +23,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from importlib.metadata import PackageMetadata
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +31,10 @@ import packaging
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 
+from envbisect.delta import LocalChange
 from envbisect.errors import InputError
-
-# Files an installer writes into a dist-info: they differ between pip, uv and
-# a repack of the same wheel, so they do not count towards a distribution's content.
-INSTALLER_FILES = frozenset(
-    {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"}
-)
+from envbisect.hashing import FileHashes
+from envbisect.records import Contents, PackedFile, survey, text_digest
 
 _PACKAGING_ROOT = str(Path(packaging.__file__).parent.parent)
 _INTERPRETER_QUERY = """
@@ -82,7 +82,13 @@ class InstalledDistribution:
     dist_info: Path | None  #: the .dist-info directory; None when not repackable (egg-info)
     site_packages: Path
     editable: bool
-    content_digest: str  #: hash of RECORD minus installer files: same digest, same files
+    #: of the files as they are on disk (an editable's: of its source location and
+    #: metadata); same digest, same content
+    content_digest: str
+    #: what a repacked wheel carries (read from disk when packed)
+    files: tuple[PackedFile, ...] = field(default=(), compare=False, repr=False)
+    local_changes: tuple[LocalChange, ...] = ()  #: files changed since it was installed
+    left_out: tuple[str, ...] = ()  #: ``path (why)``: files a repack leaves out
 
     @property
     def pin(self) -> str:
@@ -140,8 +146,11 @@ def is_virtualenv(path: Path) -> bool:
     return path.is_dir() and (path / "pyvenv.cfg").is_file()
 
 
-def read_venv(path: Path) -> InstalledEnv:
-    """Read a live virtualenv's interpreter and installed distributions."""
+def read_venv(path: Path, hashes: FileHashes | None = None) -> InstalledEnv:
+    """Read a live virtualenv's interpreter and installed distributions.
+
+    ``hashes``: where file digests are remembered across runs (default: nowhere).
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if not is_virtualenv(path):
@@ -155,7 +164,7 @@ def read_venv(path: Path) -> InstalledEnv:
         path=path,
         interpreter=interpreter_from(info),
         site_packages=site_packages,
-        distributions=read_distributions(site_packages),
+        distributions=read_distributions(site_packages, hashes),
     )
 
 
@@ -199,63 +208,78 @@ def query_interpreter(python: Path, *, label: str) -> dict[str, Any]:
 
 
 def read_distributions(
-    site_packages: tuple[Path, ...],
+    site_packages: tuple[Path, ...], hashes: FileHashes | None = None
 ) -> dict[NormalizedName, InstalledDistribution]:
-    """Installed distributions under these directories, first one wins as on sys.path."""
-    found: dict[NormalizedName, InstalledDistribution] = {}
+    """Installed distributions under these directories, first one wins as on sys.path.
+
+    Their files are hashed as they are on disk (``hashes``: a persistent cache).
+    """
+    found: dict[NormalizedName, tuple[metadata.Distribution, PackageMetadata]] = {}
     for dist in metadata.distributions(path=[str(p) for p in site_packages]):
-        name = dist.metadata["Name"]
-        if not name:
-            continue
-        key = canonicalize_name(name)
-        if key not in found:
-            found[key] = _installed(dist, name, key)
-    return found
+        meta = dist.metadata  # parsed anew on each access: once is enough
+        if meta["Name"]:
+            found.setdefault(canonicalize_name(meta["Name"]), (dist, meta))
+    dist_infos = {
+        key: dist_info
+        for key, (dist, _) in found.items()
+        if (dist_info := _dist_info_dir(dist)) is not None and (dist_info / "RECORD").is_file()
+    }
+    contents = survey(dist_infos, hashes or FileHashes(None))
+    return {
+        key: _installed(dist, meta, key, dist_infos.get(key), contents.get(key))
+        for key, (dist, meta) in found.items()
+    }
 
 
 def _installed(
-    dist: metadata.Distribution, name: str, key: NormalizedName
+    dist: metadata.Distribution,
+    meta: PackageMetadata,
+    key: NormalizedName,
+    dist_info: Path | None,
+    contents: Contents | None,
 ) -> InstalledDistribution:
-    site = Path(str(dist.locate_file("")))
-    dist_info = _dist_info_dir(dist)
-    record = dist.read_text("RECORD") if dist_info else None
+    name, version = meta["Name"], meta["Version"]
     direct_url = dist.read_text("direct_url.json")
-    editable = False
+    source: dict[str, Any] = {}
     if direct_url:
-        with contextlib.suppress(ValueError, AttributeError):
-            editable = bool(json.loads(direct_url).get("dir_info", {}).get("editable"))
+        with contextlib.suppress(ValueError, TypeError):
+            source = dict(json.loads(direct_url))
+    editable = bool(isinstance(source.get("dir_info"), dict) and source["dir_info"].get("editable"))
+    if contents is None:
+        digest = text_digest(f"{name}=={version}")
+    elif editable:
+        # Its code lives in the source tree: the same tree, version and metadata in
+        # good and bad is the same package, whichever installer linked it in.
+        digest = text_digest(
+            "editable", str(source.get("url")), version, dist.read_text("METADATA") or ""
+        )
+    else:
+        digest = contents.digest
     return InstalledDistribution(
         name=key,
         display_name=name,
-        version=dist.version,
-        requires=tuple(dist.requires or ()),
-        dist_info=dist_info if record is not None else None,
-        site_packages=site,
+        version=version,
+        requires=tuple(meta.get_all("Requires-Dist") or dist.requires or ()),
+        dist_info=dist_info if contents is not None else None,
+        site_packages=Path(str(dist.locate_file(""))),
         editable=editable,
-        content_digest=content_digest(record or f"{name}=={dist.version}"),
+        content_digest=digest,
+        files=contents.files if contents else (),
+        local_changes=contents.local_changes if contents and not editable else (),
+        left_out=contents.left_out if contents else (),
     )
 
 
 def _dist_info_dir(dist: metadata.Distribution) -> Path | None:
-    for entry in dist.files or ():
+    try:
+        files = dist.files or ()
+    except csv.Error:
+        return None  # a garbled RECORD: not repackable, like none at all
+    for entry in files:
         parent = entry.parent
         if parent.name.endswith(".dist-info") and entry.name == "METADATA":
             return Path(str(dist.locate_file(parent)))
     return None
-
-
-def content_digest(record: str) -> str:
-    """A digest of a RECORD that ignores what installers add (bytecode, scripts, markers)."""
-    rows = []
-    for line in record.splitlines():
-        path = line.split(",", 1)[0]
-        base = path.rsplit("/", 1)[-1]
-        if not path or path.endswith(".pyc") or path.startswith(".."):
-            continue
-        if ".dist-info/" in path and base in INSTALLER_FILES:
-            continue
-        rows.append(line)
-    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
 
 
 def read_requirement_file(path: Path) -> RequirementFile:

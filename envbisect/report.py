@@ -58,16 +58,24 @@ class ConsoleObserver:
 
 
 def culprit_line(change: Change, delta: Delta) -> str:
-    """``telemetry-shim 0.4.1 (added; needs gevent 26.9.0; pulled in by perfsuite 2.7.0)``."""
+    """``telemetry-shim 0.4.1 (added; needs gevent 26.9.0; pulled in by perfsuite 2.7.0)``,
+    ``pika 1.4.4, locally modified: pika/__init__.py (pulled in by dramatiq 2.2.1)``."""
+    local = change.bad.local_summary() if change.bad else ""
+    facts = []
     if change.kind is ChangeKind.VERSION and change.good and change.bad:
         head = f"{change.display_name} {change.good.version} → {change.bad.version}"
         facts = [change.direction or "version"]
     elif change.kind is ChangeKind.REMOVED and change.good:
         head, facts = str(change.good), ["removed"]
+    elif change.kind is ChangeKind.MODIFIED and change.bad:
+        head = f"{change.bad}, {local}" if local else str(change.bad)
+        facts = [] if local else ["same version, other files"]
+        local = ""
     else:
         assert change.bad is not None
-        head = str(change.bad)
-        facts = ["added" if change.kind is ChangeKind.ADDED else "locally modified"]
+        head, facts = str(change.bad), ["added"]
+    if local:
+        facts.append(local)
     brings = [str(p) for p in delta.needs(change.name) if p.name in delta.by_name]
     if brings:
         facts.append("needs " + _some(brings))
@@ -228,7 +236,14 @@ def _change_json(change: Change) -> dict[str, Any]:
         "direction": change.direction or None,
         "good_version": change.good.version if change.good else None,
         "bad_version": change.bad.version if change.bad else None,
+        "local_changes": _local_changes_json(change),
     }
+
+
+def _local_changes_json(change: Change) -> list[dict[str, str]]:
+    """The bad side's files that differ from its RECORD (patched, added, removed)."""
+    changes = change.bad.local_changes if change.bad else ()
+    return [{"path": local.path, "change": local.kind.value} for local in changes]
 
 
 def _culprit_json(change: Change, delta: Delta, narrowings: Sequence[Narrowing]) -> dict[str, Any]:
@@ -248,6 +263,7 @@ def _culprit_json(change: Change, delta: Delta, narrowings: Sequence[Narrowing])
         ),
         "path": [f"{p.display_name}=={p.version}" for p in delta.path_from_top(change.name)],
         "summary": culprit_line(change, delta),
+        "local_changes": _local_changes_json(change),
         "narrowed": None if narrowing is None else _narrowing_json(narrowing),
     }
 

@@ -8,13 +8,16 @@ env, a lock or a hash-pinned requirements file; any other requirements file is
 resolved to exact pins preferring the bad side's versions (the pins are
 offered to the resolver as its existing output), offline from the bad side's
 wheels first and from the index only when that cannot satisfy it; versions the
-bad side does not have are fetched once and repacked too.
+bad side does not have are fetched once and repacked too. A bad-side package
+that is locally modified (its files differ from its RECORD) is never the good
+side's: the good side gets the clean release from the index.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,8 +28,10 @@ from packaging.utils import NormalizedName, canonicalize_name
 from envbisect.delta import Package
 from envbisect.envs import Installer, InstallerError, Workspace
 from envbisect.errors import EnvironmentBuildError, InputError
+from envbisect.hashing import FileHashes
 from envbisect.inputs import (
     InstalledDistribution,
+    InstalledEnv,
     Interpreter,
     RequirementFile,
     interpreter_from,
@@ -63,13 +68,17 @@ class Sources:
         self.cache = cache
         self.workspace = workspace
         self.say = say
+        #: every wheel repacked so far: what resolving the good set may pick versions from
         self.wheelhouse = workspace.scratch("wheelhouse")
+        #: the same without locally modified ones: where a clean release may come from
+        self.clean_wheelhouse = workspace.scratch("wheelhouse-clean")
+        #: digests of a live env's files, kept across runs (envbisect's scratch envs: not)
+        self.hashes = FileHashes(cache.root / "file-hashes.sqlite3")
 
     def bad(self, path: Path, python: Path | None) -> Side:
         """The failing side: a live virtualenv, a lock file or a frozen requirements file."""
         if is_virtualenv(path):
-            env = read_venv(path)
-            self.say(f"read {len(env.distributions)} distributions from {path}")
+            env = self._read_live(path)
             return self._side(str(path), env.distributions.values(), env.interpreter, {})
         if path.is_dir() or not path.exists():
             read_venv(path)  # raises the right one-line error
@@ -94,7 +103,7 @@ class Sources:
         as they stand, like the bad side; any other requirements file is resolved.
         """
         if is_virtualenv(path):
-            env = read_venv(path)
+            env = self._read_live(path)
             if env.interpreter.minor != bad.interpreter.minor:
                 raise InputError(
                     f"{path}: Python {env.interpreter.version}, but the bad side runs "
@@ -107,13 +116,15 @@ class Sources:
         if requirements.pinned and all(line.hashes for line in requirements.lines):
             return self._materialise(path, bad.interpreter, "good")
         pins = self._resolve(requirements, bad)
-        reused = {
+        same = {
             name: bad.packages[name]
             for name, version in pins.items()
             if name in bad.packages and bad.packages[name].version == version
         }
+        # A patched copy is the bad side's change, never the good side's package.
+        reused = {name: package for name, package in same.items() if not package.local_changes}
         missing = [f"{name}=={version}" for name, version in pins.items() if name not in reused]
-        fetched = self.fetch(missing, bad.interpreter) if missing else {}
+        fetched = self._fetch_clean(missing, [p for p in same.values() if p.local_changes], bad)
         packages = {**reused, **{name: pkg for name, (pkg, _) in fetched.items()}}
         wheels = {name: bad.wheels[name] for name in reused}
         wheels.update({name: wheel for name, (_, wheel) in fetched.items()})
@@ -122,6 +133,40 @@ class Sources:
             if line.requirement and line.requirement.extras and line.name:
                 extras[line.name] = frozenset(canonicalize_name(x) for x in line.requirement.extras)
         return Side(str(path), packages, wheels, bad.interpreter, extras)
+
+    def _fetch_clean(
+        self, pins: list[str], modified: list[Package], bad: Side
+    ) -> dict[NormalizedName, tuple[Package, Path]]:
+        """Fetch ``pins``, the clean releases of the bad side's ``modified`` packages among them."""
+        if not pins:
+            return {}
+        try:
+            return self.fetch(pins, bad.interpreter)
+        except EnvironmentBuildError as exc:
+            if not (modified and self.installer.offline):
+                raise
+            names = ", ".join(str(package) for package in modified)
+            raise EnvironmentBuildError(
+                f"{names}: locally modified in {bad.label}, so the good set needs the clean "
+                "release, and --offline keeps the index out (a --find-links dir may hold it)",
+                disk_full=exc.disk_full,
+            ) from exc
+
+    def _read_live(self, path: Path) -> InstalledEnv:
+        """A live env the user named: its files hashed (cached across runs), what it holds said."""
+        read, reused = self.hashes.read, self.hashes.reused
+        started = time.monotonic()
+        env = read_venv(path, self.hashes)
+        files = self.hashes.read - read + self.hashes.reused - reused
+        self.say(
+            f"read {len(env.distributions)} distributions ({files} files, "
+            f"{self.hashes.reused - reused} unchanged since the last run) from {path} "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+        for package in map(_package, env.distributions.values()):
+            if package.local_changes:
+                self.say(f"{package}, {package.local_summary()}")
+        return env
 
     def _materialise(self, path: Path, interpreter: Interpreter, role: str) -> Side:
         """Install a lock or a frozen requirements file as it stands into a scratch env, read it."""
@@ -196,7 +241,7 @@ class Sources:
         """Fetch these pins from the index (no deps) and repack them: package and wheel."""
         self.say(f"fetching {', '.join(pins)}")
         staging = self.workspace.scratch(f"fetch-{len(pins)}-{abs(hash(tuple(pins)))}")
-        self.installer.fetch(pins, staging, interpreter.executable, self.wheelhouse)
+        self.installer.fetch(pins, staging, interpreter.executable, self.clean_wheelhouse)
         dists = read_distributions((staging,))
         return {
             name: (_package(dist), wheel.path)
@@ -230,10 +275,20 @@ class Sources:
 
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="envbisect-repack") as pool:
             list(pool.map(one, dists))
-        for _, wheel in repacked.values():
-            link = self.wheelhouse / wheel.path.name
-            if not link.exists():
-                link.symlink_to(wheel.path)
+        for dist, wheel in repacked.values():
+            if dist.left_out:
+                self.say(
+                    f"warning: {dist.pin}: left out of its repacked wheel: {_some(dist.left_out)}"
+                )
+            houses = (
+                [self.wheelhouse]
+                if dist.local_changes
+                else [self.wheelhouse, self.clean_wheelhouse]
+            )
+            for house in houses:
+                link = house / wheel.path.name
+                if not link.exists():
+                    link.symlink_to(wheel.path)
         if unpackable:
             pins = [dist.pin for dist in unpackable]
             if self.installer.offline:
@@ -243,7 +298,7 @@ class Sources:
                 )
             self.say(f"{len(pins)} distribution(s) cannot be repacked; fetching: {', '.join(pins)}")
             staging = self.workspace.scratch("fetch-unrepackable")
-            self.installer.fetch(pins, staging, interpreter.executable, self.wheelhouse)
+            self.installer.fetch(pins, staging, interpreter.executable, self.clean_wheelhouse)
             for name, dist in read_distributions((staging,)).items():
                 repacked[name] = (dist, self.cache.repack(dist))
         return repacked
@@ -274,4 +329,10 @@ def _package(dist: InstalledDistribution) -> Package:
         requires=dist.requires,
         digest=dist.content_digest,
         editable=dist.editable,
+        local_changes=dist.local_changes,
     )
+
+
+def _some(items: tuple[str, ...], most: int = 3) -> str:
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from packaging.utils import NormalizedName, canonicalize_name
 
-from envbisect.delta import ChangeKind, Delta, Package, unmet_requirements
+from envbisect.delta import (
+    ChangeKind,
+    Delta,
+    FileChange,
+    LocalChange,
+    Package,
+    unmet_requirements,
+)
 
 MARKERS = {
     "python_version": "3.12",
@@ -81,6 +88,52 @@ def test_same_version_other_files_is_a_modification() -> None:
     bad = side(pkg("pika", "1.4.4", digest="bbb"))
     (change,) = delta(good, bad).changes
     assert change.kind is ChangeKind.MODIFIED
+
+
+def patched(version: str, *paths: str, digest: str = "patched") -> Package:
+    changes = tuple(LocalChange(path, FileChange.MODIFIED) for path in paths)
+    return Package(canonicalize_name("pika"), "pika", version, (), digest, local_changes=changes)
+
+
+def test_a_locally_modified_package_names_its_files() -> None:
+    good = side(pkg("pika", "1.3.2", digest="clean"))
+    bad = side(patched("1.3.2", "pika/adapters/blocking_connection.py"))
+    (change,) = delta(good, bad).changes
+    assert change.kind is ChangeKind.MODIFIED
+    assert change.describe() == (
+        "pika 1.3.2, locally modified: pika/adapters/blocking_connection.py"
+    )
+
+
+def test_many_local_changes_are_summed_up_and_added_files_marked() -> None:
+    files = [f"pika/m{i}.py" for i in range(5)]
+    bad = patched("1.3.2", *files)
+    bad = Package(
+        bad.name,
+        bad.display_name,
+        bad.version,
+        digest="x",
+        local_changes=(LocalChange("pika/new.py", FileChange.ADDED), *bad.local_changes),
+    )
+    (change,) = delta(side(pkg("pika", "1.3.2", digest="clean")), side(bad)).changes
+    assert change.describe() == (
+        "pika 1.3.2, locally modified: pika/new.py (added), pika/m0.py, pika/m1.py and 3 more"
+    )
+
+
+def test_a_version_change_whose_bad_side_is_patched_says_so() -> None:
+    good = side(pkg("pika", "1.3.2"))
+    bad = side(patched("1.4.4", "pika/__init__.py"))
+    (change,) = delta(good, bad).changes
+    assert change.kind is ChangeKind.VERSION
+    assert change.describe() == "pika 1.3.2 → 1.4.4 (upgrade), locally modified: pika/__init__.py"
+
+
+def test_same_version_other_build_is_not_called_a_local_change() -> None:
+    (change,) = delta(
+        side(pkg("pika", "1.4.4", digest="a")), side(pkg("pika", "1.4.4", digest="b"))
+    ).changes
+    assert change.describe() == "pika 1.4.4 (same version, other files)"
 
 
 def test_closure_brings_what_the_bad_package_was_installed_with() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 
 from envbisect.ci import junit, markdown
-from envbisect.delta import ChangeKind, Delta
+from envbisect.delta import ChangeKind, Delta, FileChange, LocalChange, Package
 from envbisect.narrow import Narrowing, Tried
 from envbisect.probes.base import Diagnosis, ProbeResult
 from envbisect.report import error_json, summary_line, to_json
@@ -187,4 +188,43 @@ def test_summary_line_of_a_run_culprit() -> None:
     found = finding(Verdict.CULPRIT_FOUND, gate=False, narrow=True)
     assert summary_line(found) == (
         "culprit found: pika 1.4.4 → 0.12.0 (downgrade); first bad pika version 0.13.1"
+    )
+
+
+def test_a_locally_modified_culprit_names_its_files_in_every_output() -> None:
+    clean = pkg("pika", "1.4.4", digest="clean")
+    patched = Package(
+        clean.name,
+        "pika",
+        "1.4.4",
+        digest="patched",
+        local_changes=(
+            LocalChange("pika/adapters/blocking_connection.py", FileChange.MODIFIED),
+            LocalChange("pika/hotfix.py", FileChange.ADDED),
+        ),
+    )
+    dramatiq = pkg("dramatiq", "2.2.1", "pika>=1.0")
+    delta = Delta(side(clean, dramatiq), side(patched, dramatiq), MARKERS, {})
+    (change,) = delta.changes
+    found = replace(
+        finding(Verdict.CULPRIT_FOUND, gate=False),
+        delta=delta,
+        culprits=(change,),
+        trials=(trial(1, "confirm", {"pika"}, FAILED),),
+    )
+    report = valid(to_json(found, 0))
+    files = [
+        {"path": "pika/adapters/blocking_connection.py", "change": "modified"},
+        {"path": "pika/hotfix.py", "change": "added"},
+    ]
+    (culprit,) = report["culprits"]
+    assert culprit["local_changes"] == files
+    assert report["changed_packages"][0]["local_changes"] == files
+    assert culprit["summary"] == (
+        "pika 1.4.4, locally modified: pika/adapters/blocking_connection.py, "
+        "pika/hotfix.py (added) (pulled in by dramatiq 2.2.1)"
+    )
+    assert report["summary"] == (
+        "culprit found: pika 1.4.4, locally modified: pika/adapters/blocking_connection.py, "
+        "pika/hotfix.py (added)"
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from uv import find_uv_bin
 
-from envbisect.inputs import INSTALLER_FILES, read_venv
+from envbisect.inputs import read_venv
+from envbisect.records import INSTALLER_FILES
 from envbisect.wheels import WheelCache
 
 pytestmark = pytest.mark.integration
