@@ -210,9 +210,11 @@ class _Runner:
         self.probe = probe
         self.sources = sources
         self.limits = options.limits(time.monotonic())
-        # Search trials stop a failing worker after the verdict; the confirmation, whose
-        # output is the report's evidence, stops it first (see _confirm_limits).
+        # Search trials stop a failing worker after the verdict and take no stacks; the
+        # confirmation, whose result is the report's evidence, takes a stuck worker's stacks
+        # and stops it first (see _confirm_limits).
         self.limits.stop_before_verdict = False
+        self.limits.take_stacks = False
         self.workspace = workspace
         self.good = good
         self.bad = bad
