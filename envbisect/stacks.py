@@ -195,7 +195,7 @@ def describe(thread: ThreadStack, leader: int) -> str:
     """
     process = "main process" if thread.pid == leader else "worker process"
     where = f"{process} {thread.pid}"
-    name = _thread_label(thread)
+    name = thread_label(thread.pid, thread.thread_name, thread.thread_id, thread.os_thread_id)
     if not thread.frames:
         return f"{where}: {name} has no Python frame"
     innermost = thread.frames[0]
@@ -215,14 +215,17 @@ def describe(thread: ThreadStack, leader: int) -> str:
     return line
 
 
-def _thread_label(thread: ThreadStack) -> str:
-    if thread.thread_name:
-        return thread.thread_name
-    if thread.os_thread_id is not None and thread.os_thread_id == thread.pid:
+def thread_label(
+    pid: int, thread_name: str | None, thread_id: int | None, os_thread_id: int | None
+) -> str:
+    """A thread as the summary names it: its name, else ``main thread``, else its id."""
+    if thread_name:
+        return thread_name
+    if os_thread_id is not None and os_thread_id == pid:
         return "main thread"  # on Linux, the thread whose id is the process id
-    if thread.os_thread_id is not None:
-        return f"thread {thread.os_thread_id}"
-    return "thread" if thread.thread_id is None else f"thread {thread.thread_id:#x}"
+    if os_thread_id is not None:
+        return f"thread {os_thread_id}"
+    return "thread" if thread_id is None else f"thread {thread_id:#x}"
 
 
 def _at(frame: Frame) -> str:
