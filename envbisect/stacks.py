@@ -264,11 +264,19 @@ def py_spy_binary() -> tuple[Path | None, str]:
     return None, "the py-spy package has no executable"
 
 
-def take(pids: Sequence[int], leader: int, dump_dir: Path, *, seconds: float) -> Stacks:
+def take(
+    pids: Sequence[int],
+    leader: int,
+    dump_dir: Path,
+    *,
+    seconds: float,
+    environ: Mapping[str, str] | None = None,
+) -> Stacks:
     """The stacks of these processes (``leader`` first), within about ``seconds``.
 
-    py-spy for each process; faulthandler for those py-spy could not read; a note that
-    says which tool was used and, for whatever is missing, why.
+    py-spy for each process (run with ``environ``: the probe's run token marks it as
+    the probe's child); faulthandler for those py-spy could not read; a note that says
+    which tool was used and, for whatever is missing, why.
     """
     deadline = time.monotonic() + seconds
     threads: list[ThreadStack] = []
@@ -284,7 +292,7 @@ def take(pids: Sequence[int], leader: int, dump_dir: Path, *, seconds: float) ->
             try:
                 if budget <= 0:
                     raise StackError("out of time")
-                threads += _py_spy(binary, pid, dump_dir, budget)
+                threads += _py_spy(binary, pid, dump_dir, budget, environ)
                 left.remove(pid)
             except StackError as exc:
                 failed.setdefault(str(exc), []).append(pid)
@@ -311,11 +319,11 @@ def _pids(pids: Iterable[int]) -> str:
     return ("pid " if len(listed) == 1 else "pids ") + ", ".join(map(str, listed))
 
 
-def _py_spy(binary: Path, pid: int, dump_dir: Path, timeout: float) -> tuple[ThreadStack, ...]:
-    log = dump_dir / f"py-spy-{pid}.out"
-    done = processes.run(
-        [str(binary), "dump", "--json", "--pid", str(pid)], timeout=timeout, log=log
-    )
+def _py_spy(
+    binary: Path, pid: int, dump_dir: Path, timeout: float, environ: Mapping[str, str] | None
+) -> tuple[ThreadStack, ...]:
+    argv = [str(binary), "dump", "--json", "--pid", str(pid)]
+    done = processes.run(argv, env=environ, timeout=timeout, log=dump_dir / f"py-spy-{pid}.out")
     if done.returncode is None:
         raise StackError(f"no answer within {timeout:.0f} s")
     if done.returncode != 0:

@@ -7,8 +7,10 @@ this probe run. The probe module reports ``ready`` and ``ran`` over a Unix
 datagram socket; the wait is event-driven (the socket and a pidfd for the
 worker's exit), never a sleep. A worker that never gets ready, dies, or never
 runs the actor fails the probe; the queue state read from the broker while the
-worker is still alive tells the ways apart. Whatever happens, the worker's
-process group is stopped and the probe's queues are deleted.
+worker is still alive tells the ways apart, and where :attr:`Limits.take_stacks`
+asks for them, the stacks of a worker alive but stuck say where (see
+:mod:`envbisect.stacks`). Whatever happens, the worker's process group is stopped
+and the probe's queues are deleted.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from envbisect.probes.base import (
     log_lines,
     tail,
 )
-from envbisect.processes import Child, Stopped, group_members
+from envbisect.processes import RUN_TOKEN_VAR, Child, Stopped, group_members
 from envbisect.search import Outcome
 from envbisect.stacks import Stacks, take
 
@@ -140,7 +142,7 @@ class ConsumeProbe(Probe):
                 # Read while the worker is still alive: its consumer count is evidence.
                 state = self.broker.state(queue) if watch.ran_at is None else None
                 stacks_started = time.monotonic()
-                stacks = self._stacks(worker, watch, run_dir, limits)
+                stacks = self._stacks(worker, watch, run_dir, limits, token)
             except BaseException:
                 self._teardown(worker, queue, limits.grace, None)
                 raise
@@ -159,7 +161,9 @@ class ConsumeProbe(Probe):
         killed = stopped is not None and stopped.killed
         return self._verdict(watch, state, log, timings, killed, stacks=stacks)
 
-    def _stacks(self, worker: Child, watch: _Watch, run_dir: Path, limits: Limits) -> Stacks | None:
+    def _stacks(
+        self, worker: Child, watch: _Watch, run_dir: Path, limits: Limits, token: str
+    ) -> Stacks | None:
         """Every thread's stack of a worker alive but stuck, where the limits ask for them.
 
         A worker that ran the actor is not stuck, and one that exited has its traceback in
@@ -169,7 +173,10 @@ class ConsumeProbe(Probe):
         if not (stuck and limits.take_stacks and limits.left() > 0 and worker.poll() is None):
             return None
         seconds = min(STACKS_SECONDS, limits.left())
-        return take(group_members(worker.pid), worker.pid, run_dir, seconds=seconds)
+        environ = os.environ | {RUN_TOKEN_VAR: token}
+        return take(
+            group_members(worker.pid), worker.pid, run_dir, seconds=seconds, environ=environ
+        )
 
     def _teardown(
         self, worker: Child | None, queue: str, grace: float, broker_id: str | None
