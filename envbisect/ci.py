@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from envbisect.stacks import short_path, thread_label
+
 Report = Mapping[str, Any]
 
 _ICON = {
@@ -44,6 +46,10 @@ def markdown(report: Report) -> str:
         lines.append(f"**Culprit:** `{culprit['summary']}`  ")
         if len(culprit["path"]) > 1:
             lines.append(f"path: {' → '.join(f'`{step}`' for step in culprit['path'])}  ")
+        hooks = culprit.get("startup_hooks") or []
+        if hooks:
+            described = ", ".join(_code(f"{hook['file']}: {hook['line']}") for hook in hooks)
+            lines.append(f"runs at start-up: {described}  ")
         narrowed = culprit.get("narrowed")
         if narrowed:
             lines.append(f"**Narrowed:** {_cell(narrowed['summary'])}  ")
@@ -57,6 +63,7 @@ def markdown(report: Report) -> str:
             f"{_cell(evidence['detail'])}",
             "",
         ]
+        lines += _stacks(evidence)
         if evidence["output"]:
             lines += _details("worker / command output", _fenced(evidence["output"][-30:]))
     changes = report["changed_packages"]
@@ -144,8 +151,32 @@ def _body(report: Report) -> str:
     evidence = report.get("evidence")
     if evidence:
         lines.append(f"evidence (trial {evidence['trial']}): {evidence['detail']}")
+        lines += evidence.get("stacks_summary", [])
         lines += evidence["output"][-30:]
     return "\n".join(lines)
+
+
+def _stacks(evidence: Report) -> list[str]:
+    """A stuck worker's stacks: one line per thread, then (folded) every frame."""
+    threads = evidence.get("stacks")
+    if threads is None:
+        return []
+    lines = [f"**Stacks** ({_cell(evidence['stacks_note'])}):", ""]
+    if evidence["stacks_summary"]:
+        lines += [*_fenced(evidence["stacks_summary"]), ""]
+    frames = []
+    for thread in sorted(threads, key=lambda t: (t["process"] != "main", t["pid"])):
+        name = thread_label(
+            thread["pid"], thread["thread_name"], thread["thread_id"], thread["os_thread_id"]
+        )
+        frames.append(f"{thread['process']} process {thread['pid']}, {name} ({thread['tool']}):")
+        frames += [
+            f"    {short_path(f['file'])}:{f['line'] or '?'} in {f['function']}"
+            for f in thread["frames"]
+        ]
+    if frames:
+        lines += _details(f"every thread's stack ({len(threads)} threads)", _fenced(frames))
+    return lines
 
 
 def _details(summary: str, body: Sequence[str]) -> list[str]:
@@ -157,6 +188,15 @@ def _fenced(lines: Sequence[str]) -> list[str]:
     longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
     fence = "`" * max(3, longest + 1)
     return [f"{fence}text", *lines, fence]
+
+
+def _code(text: str) -> str:
+    """An inline code span whose fence is longer than any run of backticks in ``text``."""
+    text = " ".join(text.split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _cell(text: object) -> str:

@@ -8,7 +8,8 @@ module, the broker's kind and server version, the probe module's digest) with
 its configured time limits, grace and repeat count; envbisect's version; and the
 values of the environment variables a probe is known to read
 (:data:`PROBE_VARIABLES`). Values enter the key only through the hash; an entry
-holds the probe's (masked) result and nothing else.
+holds the probe's (masked) result and nothing else: not a stuck worker's stacks,
+which are one moment of processes long gone.
 
 Time limits decide some results, so a stored result is replayed only when the
 current limits would have given it too: a failure that a limit decided (a
@@ -106,7 +107,10 @@ class OutcomeCache:
         """Store a pass, fail or skip (best effort: a full disk must not cost the verdict)."""
         if not self.enabled or result.outcome not in _STORED:
             return
+        # Stacks are a moment of processes long gone, not a property of the package set;
+        # a replayed result is never the evidence (the confirmation probes afresh).
         data = asdict(result) | {"format": _FORMAT}
+        del data["stacks"]
         tmp = self.root / f".{key}.{secrets.token_hex(3)}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)

@@ -294,6 +294,17 @@ def processes_with_token(token: str) -> list[int]:
     return pids
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, its leader first."""
+    members = []
+    for pid in [pgid, *sorted(_pids())]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid and pid not in members:
+                members.append(pid)
+    return members
+
+
 def kill_stragglers(token: str) -> list[int]:
     """SIGKILL every process that still carries ``token`` and reap ours; return their pids."""
     found = processes_with_token(token)

@@ -6,9 +6,10 @@ source of the CI formats too (:mod:`envbisect.ci`: Markdown, JUnit XML).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from packaging.utils import NormalizedName
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -18,6 +19,8 @@ from envbisect.delta import Change, ChangeKind, Delta
 from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing
 from envbisect.search import Outcome
+from envbisect.stacks import Stacks, ThreadStack
+from envbisect.startup import StartupHook
 from envbisect.triage import Finding, Trial, Verdict
 
 SCHEMA_VERSION = 1
@@ -133,6 +136,13 @@ def render(finding: Finding, console: Console) -> None:
             chain = finding.delta.path_from_top(change.name)
             if len(chain) > 1:
                 console.print("  [dim]path:[/dim] " + escape(" → ".join(str(p) for p in chain)))
+            hooks = finding.startup_hooks.get(change.name, ())
+            if hooks:
+                console.print(
+                    "  [dim]runs at start-up:[/dim] "
+                    + escape(mask_urls("; ".join(hook.describe() for hook in hooks))),
+                    soft_wrap=True,
+                )
             for narrowing in finding.narrowings:
                 if narrowing.change == change:
                     console.print("  [dim]narrowed:[/dim] " + escape(narrowing.describe()))
@@ -148,6 +158,10 @@ def render(finding: Finding, console: Console) -> None:
             f"[{_STYLE[finding.evidence.outcome]}]{result.diagnosis.value}[/] — "
             f"{escape(result.detail)}"
         )
+        if result.stacks is not None:
+            console.print(f"[bold]stacks:[/bold] {escape(mask_urls(result.stacks.note))}")
+            for line in result.stacks.summary():
+                console.print(f"  {escape(mask_urls(line))}", soft_wrap=True)
         for line in result.evidence[-12:]:
             console.print(f"  [dim]│[/dim] {escape(line)}", soft_wrap=True)
     cached = sum(1 for t in finding.trials if t.cached)
@@ -221,7 +235,8 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "changes": {"total": len(delta.changes), **kinds},
         "changed_packages": [_change_json(change) for change in delta.changes],
         "culprits": [
-            _culprit_json(change, delta, finding.narrowings) for change in finding.culprits
+            _culprit_json(change, delta, finding.narrowings, finding.startup_hooks)
+            for change in finding.culprits
         ],
         "trials": [_trial_json(trial, delta) for trial in finding.trials],
         "evidence": None if finding.evidence is None else _evidence_json(finding.evidence),
@@ -246,7 +261,12 @@ def _local_changes_json(change: Change) -> list[dict[str, str]]:
     return [{"path": local.path, "change": local.kind.value} for local in changes]
 
 
-def _culprit_json(change: Change, delta: Delta, narrowings: Sequence[Narrowing]) -> dict[str, Any]:
+def _culprit_json(
+    change: Change,
+    delta: Delta,
+    narrowings: Sequence[Narrowing],
+    startup_hooks: Mapping[NormalizedName, Sequence[StartupHook]],
+) -> dict[str, Any]:
     narrowing = next((n for n in narrowings if n.change == change), None)
     return {
         "name": change.display_name,
@@ -265,6 +285,16 @@ def _culprit_json(change: Change, delta: Delta, narrowings: Sequence[Narrowing])
         "summary": culprit_line(change, delta),
         "local_changes": _local_changes_json(change),
         "narrowed": None if narrowing is None else _narrowing_json(narrowing),
+        "startup_hooks": [_hook_json(hook) for hook in startup_hooks.get(change.name, ())],
+    }
+
+
+def _hook_json(hook: StartupHook) -> dict[str, Any]:
+    return {
+        "file": hook.file,
+        "line": mask_urls(hook.line),
+        "lineno": hook.lineno,
+        "kind": hook.kind.value,
     }
 
 
@@ -323,6 +353,34 @@ def _evidence_json(trial: Trial) -> dict[str, Any]:
         "detail": result.detail,
         "exit_status": result.exit_status,
         "output": list(result.evidence),
+        **_stacks_json(result.stacks),
+    }
+
+
+def _stacks_json(stacks: Stacks | None) -> dict[str, Any]:
+    """``stacks`` (null when none were sought), ``stacks_note``, ``stacks_summary``."""
+    if stacks is None:
+        return {"stacks": None, "stacks_note": "", "stacks_summary": []}
+    return {
+        "stacks": [_thread_json(thread, stacks.leader) for thread in stacks.threads],
+        "stacks_note": mask_urls(stacks.note),
+        "stacks_summary": [mask_urls(line) for line in stacks.summary()],
+    }
+
+
+def _thread_json(thread: ThreadStack, leader: int) -> dict[str, Any]:
+    return {
+        "pid": thread.pid,
+        "process": "main" if thread.pid == leader else "worker",
+        "thread_name": None if thread.thread_name is None else mask_urls(thread.thread_name),
+        "thread_id": thread.thread_id,
+        "os_thread_id": thread.os_thread_id,
+        "active": thread.active,
+        "tool": thread.tool,
+        "frames": [
+            {"function": frame.function, "file": frame.file, "line": frame.line}
+            for frame in thread.frames
+        ],
     }
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +37,7 @@ from envbisect.outcomes import OutcomeCache, run_context
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
 from envbisect.sources import Side, Sources
+from envbisect.startup import StartupHook, startup_hooks
 from envbisect.wheels import WheelCache
 
 # Adaptive limits: wait this many times the healthy latency, never less than the floor.
@@ -132,6 +133,9 @@ class Finding:
     disagreements: tuple[frozenset[str], ...] = ()
     narrowings: tuple[Narrowing, ...] = ()
     gate: bool = False
+    #: What each culprit makes every interpreter run at start-up (read from the bad side's
+    #: wheel of it, the file the trials installed); a removed culprit runs nothing.
+    startup_hooks: Mapping[NormalizedName, tuple[StartupHook, ...]] = field(default_factory=dict)
 
 
 class Observer(Protocol):
@@ -210,9 +214,11 @@ class _Runner:
         self.probe = probe
         self.sources = sources
         self.limits = options.limits(time.monotonic())
-        # Search trials stop a failing worker after the verdict; the confirmation, whose
-        # output is the report's evidence, stops it first (see _confirm_limits).
+        # Search trials stop a failing worker after the verdict and take no stacks; the
+        # confirmation, whose result is the report's evidence, takes a stuck worker's stacks
+        # and stops it first (see _confirm_limits).
         self.limits.stop_before_verdict = False
+        self.limits.take_stacks = False
         self.workspace = workspace
         self.good = good
         self.bad = bad
@@ -499,6 +505,11 @@ class _Runner:
             disagreements=tuple(disagreements),
             narrowings=tuple(narrowings),
             gate=self.options.gate,
+            startup_hooks={
+                change.name: startup_hooks(self.bad.wheels[change.name])
+                for change in culprits
+                if change.bad is not None and change.name in self.bad.wheels
+            },
         )
 
     def _oracle(self, batch: Sequence[frozenset[str]]) -> list[Outcome]:

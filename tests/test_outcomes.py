@@ -4,6 +4,7 @@ beyond a temp dir)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from envbisect.inputs import Interpreter
 from envbisect.outcomes import OutcomeCache, probe_variables, run_context
 from envbisect.probes.base import Diagnosis, LimitReached, Limits, ProbeResult
 from envbisect.search import Outcome
+from envbisect.stacks import Frame, Stacks, ThreadStack
 
 from .test_delta import MARKERS, pkg
 
@@ -125,3 +127,18 @@ def test_a_malformed_entry_is_a_miss(tmp_path: Path, text: str) -> None:
     outcomes.put(key, HEALTHY)
     assert json.loads((tmp_path / f"{key}.json").read_text())["outcome"] == "pass"
     assert outcomes.get(key, Limits()) == HEALTHY
+
+
+def test_stacks_are_not_stored(tmp_path: Path) -> None:
+    # A stack is one moment of processes long gone, not a property of the package set:
+    # the cache keeps the verdict and the output, never the stacks (they are taken afresh
+    # by the confirmation, whose result is the evidence).
+    frames = (Frame("poll", "/e/lib/python3.12/site-packages/pika/select_connection.py", 1240),)
+    stacks = Stacks((ThreadStack(42, "MainThread", 1, 42, False, frames, "py-spy"),), 42, "ok")
+    outcomes = cache(tmp_path)
+    key = outcomes.key(PACKAGES)
+    outcomes.put(key, replace(STALL, stacks=stacks))
+    stored = json.loads((tmp_path / f"{key}.json").read_text())
+    assert "stacks" not in stored
+    assert "select_connection" not in json.dumps(stored)
+    assert outcomes.get(key, Limits(consume=2.0)) == STALL

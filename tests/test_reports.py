@@ -10,13 +10,17 @@ from typing import Any
 
 import jsonschema
 import pytest
+from packaging.utils import canonicalize_name
+from rich.console import Console
 
 from envbisect.ci import junit, markdown
 from envbisect.delta import ChangeKind, Delta, FileChange, LocalChange, Package
 from envbisect.narrow import Narrowing, Tried
 from envbisect.probes.base import Diagnosis, ProbeResult
-from envbisect.report import error_json, summary_line, to_json
+from envbisect.report import error_json, render, summary_line, to_json
 from envbisect.search import Outcome
+from envbisect.stacks import Frame, Stacks, ThreadStack
+from envbisect.startup import HookKind, StartupHook
 from envbisect.triage import Finding, Trial, Verdict
 
 from .conftest import ROOT
@@ -97,6 +101,7 @@ def test_the_schema_knows_every_value_the_code_can_write() -> None:
     assert set(defs["diagnosis"]["enum"]) == {d.value for d in Diagnosis}
     assert set(defs["outcome"]["enum"]) == {o.value for o in Outcome}
     assert set(defs["change_kind"]["enum"]) == {k.value for k in ChangeKind}
+    assert set(defs["startup_hook"]["properties"]["kind"]["enum"]) == {k.value for k in HookKind}
     assert set(SCHEMA["properties"]["verdict"]["enum"]) == {v.value for v in Verdict} | {"error"}
 
 
@@ -228,3 +233,124 @@ def test_a_locally_modified_culprit_names_its_files_in_every_output() -> None:
         "culprit found: pika 1.4.4, locally modified: pika/adapters/blocking_connection.py, "
         "pika/hotfix.py (added)"
     )
+
+
+HUB = ThreadStack(
+    4242,
+    None,
+    1,
+    4242,
+    False,
+    (Frame("Hub.run", "/e/lib/python3.12/site-packages/gevent/hub.py", 647),),
+    "py-spy",
+)
+POLL = ThreadStack(
+    4243,
+    "MainThread",
+    2,
+    4243,
+    False,
+    (
+        Frame("PollPoller.poll", "/e/lib/python3.12/site-packages/pika/select_connection.py", 1240),
+        Frame("<module>", "/e/lib/python3.12/site-packages/dramatiq/__main__.py", 25),
+    ),
+    "py-spy",
+)
+STUCK = replace(FAILED, stacks=Stacks((POLL, HUB), 4242, "taken with py-spy"))
+HOOK = StartupHook("telemetry_shim.pth", "import telemetry_shim._autopatch", 1, HookKind.PTH)
+
+
+def stuck_finding() -> Finding:
+    found = finding(Verdict.CULPRIT_FOUND, gate=False)
+    confirm = replace(found.trials[2], results=(STUCK,))
+    return replace(
+        found,
+        trials=(*found.trials[:2], confirm),
+        evidence=confirm,
+        startup_hooks={canonicalize_name("pika"): (HOOK,)},
+    )
+
+
+def test_json_carries_the_stacks_and_the_start_up_hooks() -> None:
+    report = valid(to_json(stuck_finding(), 0))
+    (culprit,) = report["culprits"]
+    assert culprit["startup_hooks"] == [
+        {
+            "file": "telemetry_shim.pth",
+            "line": "import telemetry_shim._autopatch",
+            "lineno": 1,
+            "kind": "pth",
+        }
+    ]
+    evidence = report["evidence"]
+    assert evidence["stacks_note"] == "taken with py-spy"
+    assert evidence["stacks_summary"] == [
+        "main process 4242: gevent hub running in main thread (gevent/hub.py:647)",
+        "worker process 4243: MainThread blocked in PollPoller.poll "
+        "(pika/select_connection.py:1240) ← <module> (dramatiq/__main__.py:25)",
+    ]
+    assert evidence["stacks"][0] == {
+        "pid": 4243,
+        "process": "worker",
+        "thread_name": "MainThread",
+        "thread_id": 2,
+        "os_thread_id": 4243,
+        "active": False,
+        "tool": "py-spy",
+        "frames": [
+            {
+                "function": "PollPoller.poll",
+                "file": "/e/lib/python3.12/site-packages/pika/select_connection.py",
+                "line": 1240,
+            },
+            {
+                "function": "<module>",
+                "file": "/e/lib/python3.12/site-packages/dramatiq/__main__.py",
+                "line": 25,
+            },
+        ],
+    }
+    assert evidence["stacks"][1]["process"] == "main"
+
+
+def test_json_says_when_no_stacks_were_sought() -> None:
+    report = valid(to_json(finding(Verdict.CULPRIT_FOUND, gate=False), 0))
+    assert report["evidence"]["stacks"] is None
+    assert report["evidence"]["stacks_note"] == ""
+    assert report["evidence"]["stacks_summary"] == []
+    assert report["culprits"][0]["startup_hooks"] == []
+    none_taken = replace(STUCK, stacks=Stacks((), 4242, "no stack could be taken: py-spy: x"))
+    found = stuck_finding()
+    confirm = replace(found.trials[2], results=(none_taken,))
+    report = valid(to_json(replace(found, evidence=confirm), 0))
+    assert report["evidence"]["stacks"] == []
+    assert report["evidence"]["stacks_note"] == "no stack could be taken: py-spy: x"
+
+
+def test_markdown_shows_the_stacks_and_the_start_up_hooks() -> None:
+    text = markdown(to_json(stuck_finding(), 0))
+    assert "runs at start-up: `telemetry_shim.pth: import telemetry_shim._autopatch`" in text
+    assert "**Stacks** (taken with py-spy):" in text
+    assert "main process 4242: gevent hub running in main thread (gevent/hub.py:647)\n" in text
+    assert "every thread's stack (2 threads)" in text
+    assert "    pika/select_connection.py:1240 in PollPoller.poll" in text
+    assert "main process 4242, main thread (py-spy):\n    gevent/hub.py:647 in Hub.run" in text
+    plain = markdown(to_json(finding(Verdict.CULPRIT_FOUND, gate=False), 0))
+    assert "runs at start-up" not in plain
+    assert "**Stacks**" not in plain
+
+
+def test_terminal_shows_the_stacks_and_the_start_up_hooks() -> None:
+    console = Console(record=True, width=300)
+    render(stuck_finding(), console)
+    text = console.export_text()
+    assert "  runs at start-up: telemetry_shim.pth: import telemetry_shim._autopatch" in text
+    assert "stacks: taken with py-spy" in text
+    assert "main process 4242: gevent hub running in main thread (gevent/hub.py:647)" in text
+    assert "worker process 4243: MainThread blocked in PollPoller.poll" in text
+
+
+def test_junit_shows_the_stack_summary() -> None:
+    root = ET.fromstring(junit(to_json(stuck_finding(), 0)))
+    (failure,) = root.iter("failure")
+    assert "main process 4242: gevent hub running" in (failure.text or "")

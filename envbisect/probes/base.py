@@ -15,6 +15,7 @@ from pathlib import Path
 from envbisect.masking import mask_urls
 from envbisect.processes import RUN_TOKEN_VAR
 from envbisect.search import Outcome
+from envbisect.stacks import Stacks
 
 
 class Diagnosis(StrEnum):
@@ -57,6 +58,9 @@ class ProbeResult:
     #: Set when a time limit decided a failure (a stall, a slow boot): with a longer limit
     #: the same run might have passed.
     limit_reached: LimitReached | None = None
+    #: Every thread's stack of a worker that was alive but stuck, taken before it was
+    #: stopped (only where :attr:`Limits.take_stacks` asked for them); None when not sought.
+    stacks: Stacks | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Limits:
         command: float = 600.0,
         hard_deadline: float | None = None,
         stop_before_verdict: bool = True,
+        take_stacks: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._boot, self._consume = boot, consume
@@ -112,6 +117,10 @@ class Limits:
         #: Stop a failing worker before giving the verdict, so that the evidence says whether
         #: it ignored SIGTERM; else after it, off the critical path (the search's trials).
         self.stop_before_verdict = stop_before_verdict
+        #: Take a stuck worker's stacks before stopping it: the evidence is worth the time
+        #: (~0.1 s with py-spy, a few s when no tool works) where it is shown; not in the
+        #: search's trials, which must stay fast.
+        self.take_stacks = take_stacks
         self.command = command  #: a command probe's whole run
         self.hard_deadline = hard_deadline  #: time.monotonic() by which everything must end
 

@@ -7,8 +7,10 @@ this probe run. The probe module reports ``ready`` and ``ran`` over a Unix
 datagram socket; the wait is event-driven (the socket and a pidfd for the
 worker's exit), never a sleep. A worker that never gets ready, dies, or never
 runs the actor fails the probe; the queue state read from the broker while the
-worker is still alive tells the ways apart. Whatever happens, the worker's
-process group is stopped and the probe's queues are deleted.
+worker is still alive tells the ways apart, and where :attr:`Limits.take_stacks`
+asks for them, the stacks of a worker alive but stuck say where (see
+:mod:`envbisect.stacks`). Whatever happens, the worker's process group is stopped
+and the probe's queues are deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +42,14 @@ from envbisect.probes.base import (
     log_lines,
     tail,
 )
-from envbisect.processes import Child, Stopped
+from envbisect.processes import RUN_TOKEN_VAR, Child, Stopped, group_members
 from envbisect.search import Outcome
+from envbisect.stacks import Stacks, take
 
 PROBE_MODULE = Path(__file__).with_name("probe_module.py")
 BUILTIN_ACTOR = "envbisect_probe"
 _CONSUMER_ERROR = re.compile(r"Consumer encountered|Restarting consumer")
+STACKS_SECONDS = 20.0  #: at most this long for a stuck worker's stacks (py-spy takes ~0.1 s)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class ConsumeProbe(Probe):
             "ENVBISECT_BROKER_URL": self.broker.url,
             "ENVBISECT_PROBE_ASYNC": "1" if self.asyncio else "0",
             "ENVBISECT_PROBE_MESSAGE_ID": message_id,
+            # Where the probe module's faulthandler writes (the fallback when py-spy cannot).
+            "ENVBISECT_PROBE_STACKS": str(run_dir),
         }
         argv = [str(trial.python), "-m", "dramatiq"]
         if self.worker is None:
@@ -135,19 +141,42 @@ class ConsumeProbe(Probe):
                     watch.until_ran()
                 # Read while the worker is still alive: its consumer count is evidence.
                 state = self.broker.state(queue) if watch.ran_at is None else None
+                stacks_started = time.monotonic()
+                stacks = self._stacks(worker, watch, run_dir, limits, token)
             except BaseException:
                 self._teardown(worker, queue, limits.grace, None)
                 raise
+        timings = watch.timings()
+        if stacks is not None:
+            timings["stacks"] = time.monotonic() - stacks_started
         healthy = watch.ran_at is not None and watch.error is None
         if healthy or not limits.stop_before_verdict:
             # The verdict is in: stopping the worker (a stalled one sits out the whole
             # SIGTERM grace) and deleting its queues can wait.
             later.add(lambda: self._teardown(worker, queue, limits.grace, watch.broker_id))
-            return self._verdict(watch, state, log, watch.timings(), killed=False)
+            return self._verdict(watch, state, log, timings, killed=False, stacks=stacks)
         stop_started = time.monotonic()
         stopped = self._teardown(worker, queue, limits.grace, watch.broker_id)
-        timings = watch.timings() | {"stop": time.monotonic() - stop_started}
-        return self._verdict(watch, state, log, timings, stopped is not None and stopped.killed)
+        timings["stop"] = time.monotonic() - stop_started
+        killed = stopped is not None and stopped.killed
+        return self._verdict(watch, state, log, timings, killed, stacks=stacks)
+
+    def _stacks(
+        self, worker: Child, watch: _Watch, run_dir: Path, limits: Limits, token: str
+    ) -> Stacks | None:
+        """Every thread's stack of a worker alive but stuck, where the limits ask for them.
+
+        A worker that ran the actor is not stuck, and one that exited has its traceback in
+        its output: neither gets a dump.
+        """
+        stuck = watch.ran_at is None and watch.exited is None and watch.setup_error is None
+        if not (stuck and limits.take_stacks and limits.left() > 0 and worker.poll() is None):
+            return None
+        seconds = min(STACKS_SECONDS, limits.left())
+        environ = os.environ | {RUN_TOKEN_VAR: token}
+        return take(
+            group_members(worker.pid), worker.pid, run_dir, seconds=seconds, environ=environ
+        )
 
     def _teardown(
         self, worker: Child | None, queue: str, grace: float, broker_id: str | None
@@ -159,6 +188,17 @@ class ConsumeProbe(Probe):
             self.broker.delete(queue, worker_id=broker_id)
 
     def _verdict(
+        self,
+        watch: _Watch,
+        state: QueueState | None,
+        log: Path,
+        timings: dict[str, float],
+        killed: bool,
+        stacks: Stacks | None,
+    ) -> ProbeResult:
+        return replace(self._diagnose(watch, state, log, timings, killed), stacks=stacks)
+
+    def _diagnose(
         self,
         watch: _Watch,
         state: QueueState | None,

@@ -8,6 +8,14 @@ datagram socket: ``ready`` when a worker has booted, ``ran`` (with
 ``sys.prefix``, and the actor's exception if it raised) when the probe
 message was processed, ``error`` when the probe cannot be set up.
 
+Where py-spy may not read a stuck worker (ptrace refused), envbisect falls
+back on this module: at import it registers :mod:`faulthandler` on SIGUSR2,
+writing every thread's stack to ``stacks-<pid>.txt`` in the directory
+``ENVBISECT_PROBE_STACKS`` names (the file appears only once the handler is in
+place, so envbisect never signals a process that SIGUSR2 would kill), and it
+records the names of the process's threads in ``threads-<pid>.json`` (at
+import and when the worker has booted): faulthandler prints thread ids only.
+
 Two ways to run:
 
 - ``python -m dramatiq envbisect_probe``: the built-in probe. It makes the
@@ -22,10 +30,13 @@ Two ways to run:
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -41,6 +52,8 @@ _ASYNC = os.environ.get("ENVBISECT_PROBE_ASYNC") == "1"
 _USER_ACTOR = os.environ.get("ENVBISECT_PROBE_ACTOR")  # set: probe the user's worker module
 _MESSAGE_ID = os.environ.get("ENVBISECT_PROBE_MESSAGE_ID", "")
 _BUILTIN_ACTOR = "envbisect_probe"
+_STACKS_DIR = os.environ.get("ENVBISECT_PROBE_STACKS", "")
+_stack_file = None  # kept open: faulthandler writes to its descriptor from the signal handler
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -54,8 +67,42 @@ def _emit(event: str, **fields: object) -> None:
         sock.close()
 
 
+def _register_stack_dump() -> None:
+    """Dump every thread's stack on SIGUSR2, unless the worker has a use for SIGUSR2."""
+    global _stack_file
+    if not _STACKS_DIR or not hasattr(signal, "SIGUSR2"):
+        return
+    if signal.getsignal(signal.SIGUSR2) not in (signal.SIG_DFL, None):
+        return  # taken: replacing the worker's own handler would change what is probed
+    final = os.path.join(_STACKS_DIR, f"stacks-{os.getpid()}.txt")
+    partial = final + ".partial"
+    try:
+        _stack_file = open(partial, "a")  # noqa: SIM115 - open for the life of the process
+        faulthandler.register(signal.SIGUSR2, file=_stack_file, all_threads=True, chain=False)
+        # Only now may envbisect see it: SIGUSR2 would kill a process without the handler.
+        os.rename(partial, final)
+    except (OSError, RuntimeError, ValueError):
+        _stack_file = None
+    _record_thread_names()
+
+
+def _record_thread_names() -> None:
+    """Thread id -> name, for the faulthandler dump (which has ids only)."""
+    if _stack_file is None:
+        return
+    names = {str(t.ident): t.name for t in threading.enumerate() if t.ident is not None}
+    path = os.path.join(_STACKS_DIR, f"threads-{os.getpid()}.json")
+    try:
+        with open(path + ".partial", "w") as handle:
+            json.dump(names, handle)
+        os.replace(path + ".partial", path)
+    except OSError:
+        pass
+
+
 class _Ready(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        _record_thread_names()  # the worker's consumer and worker threads exist now
         _emit("ready", broker_id=getattr(broker, "broker_id", None))
 
 
@@ -120,6 +167,8 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
     os._exit(2)
 
+
+_register_stack_dump()
 
 if _USER_ACTOR is not None:
     broker = dramatiq.get_broker()

@@ -13,6 +13,7 @@ from envbisect.probes.base import Diagnosis, Later, Limits, ProbeResult, TrialEn
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import new_run_token
 from envbisect.search import Outcome
+from envbisect.stacks import PY_SPY_VAR, short_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_debris")]
 
@@ -176,3 +177,113 @@ def redis_keys(url: str) -> list[str]:
     prefix = f"dramatiq:envbisect_{os.getpid()}x"
     keys = [k.decode() for k in client.scan_iter(match="dramatiq:*")]
     return sorted(k for k in keys if k.startswith(prefix) or f".envbisect_{os.getpid()}x" in k)
+
+
+def frames_of(result: ProbeResult) -> list[str]:
+    assert result.stacks is not None, result.detail
+    return [
+        f"{short_path(frame.file)}:{frame.function}"
+        for thread in result.stacks.threads
+        for frame in thread.frames
+    ]
+
+
+def test_stalled_worker_stacks_show_where_it_is_stuck(
+    tmp_path: Path, broker_url: str, fixture_env: Callable[[str], Path]
+) -> None:
+    result = probe_env(fixture_env("stall"), tmp_path, broker_url)
+    assert result.diagnosis is Diagnosis.NOT_DELIVERED
+    assert result.stacks is not None
+    assert result.stacks.note == "taken with py-spy"
+    # dramatiq's main process (the group leader) and its worker process
+    pids = {thread.pid for thread in result.stacks.threads}
+    assert result.stacks.leader in pids and len(pids) == 2
+    frames = frames_of(result)
+    assert "gevent/hub.py:Hub.run" in frames  # the main process waits in gevent's hub
+    assert any(f.startswith("pika/adapters/select_connection.py:") for f in frames)
+    summary = result.stacks.summary()
+    assert summary[0].startswith(f"main process {result.stacks.leader}: gevent hub running in")
+    assert "blocked in PollPoller.poll (pika/adapters/select_connection.py:" in summary[1]
+    assert result.timings["stacks"] > 0
+
+
+def test_worker_stacks_carry_thread_names(
+    tmp_path: Path, broker_url: str, fixture_env: Callable[[str], Path]
+) -> None:
+    result = probe_env(fixture_env("unacked"), tmp_path, broker_url)
+    assert result.diagnosis is Diagnosis.DELIVERED_NOT_RUN
+    assert result.stacks is not None
+    names = {thread.thread_name for thread in result.stacks.threads}
+    assert "MainThread" in names
+    assert len(names - {None}) >= 3  # the worker's consumer and worker threads too
+    # the held message: a worker thread waits inside the auto-registered middleware
+    assert any(f.startswith("dramatiq_throttle_auto/_hook.py:") for f in frames_of(result))
+
+
+def test_never_ready_worker_stacks_name_the_start_up_hook(
+    tmp_path: Path, broker_url: str, fixture_env: Callable[[str], Path]
+) -> None:
+    limits = Limits(boot=3, consume=3, grace=0.5)
+    result = probe_env(fixture_env("never-ready"), tmp_path, broker_url, limits=limits)
+    assert result.diagnosis is Diagnosis.NEVER_READY
+    assert result.stacks is not None
+    assert "config_bootstrap/_wait.py:<module>" in frames_of(result)
+    assert result.stacks.summary()[0].endswith("(run by a .pth file at interpreter start-up)")
+
+
+@pytest.mark.parametrize("name", ["crash", "healthy"])
+def test_no_stacks_for_a_crash_or_a_pass(
+    name: str, tmp_path: Path, broker_url: str, fixture_env: Callable[[str], Path]
+) -> None:
+    # A crash has its traceback in the output; a healthy worker is not stuck.
+    result = probe_env(fixture_env(name), tmp_path, broker_url)
+    assert result.diagnosis in (Diagnosis.CRASHED, Diagnosis.CONSUMED)
+    assert result.stacks is None
+    assert "stacks" not in result.timings
+
+
+def test_search_trials_take_no_stacks(
+    tmp_path: Path, broker_url: str, fixture_env: Callable[[str], Path]
+) -> None:
+    limits = Limits(boot=20, consume=3, grace=0.5, take_stacks=False)
+    result = probe_env(fixture_env("stall"), tmp_path, broker_url, limits=limits)
+    assert result.diagnosis is Diagnosis.NOT_DELIVERED
+    assert result.stacks is None
+
+
+def test_faulthandler_takes_the_stacks_without_py_spy(
+    tmp_path: Path,
+    broker_url: str,
+    fixture_env: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PY_SPY_VAR, "off")
+    result = probe_env(fixture_env("stall"), tmp_path, broker_url)
+    assert result.diagnosis is Diagnosis.NOT_DELIVERED
+    stacks = result.stacks
+    assert stacks is not None
+    assert {thread.tool for thread in stacks.threads} == {"faulthandler"}
+    # only the worker process: the main process never loads the probe module
+    assert stacks.leader not in {thread.pid for thread in stacks.threads}
+    assert stacks.note.startswith("taken with faulthandler; py-spy: turned off")
+    assert f"main process {stacks.leader} never loads the probe module" in stacks.note
+    assert "pika/adapters/select_connection.py:poll" in frames_of(result)
+    # and the worker still ignored SIGTERM: the dump's signal did not stop it
+    assert "ignored SIGTERM (killed)" in result.detail
+
+
+def test_no_stack_at_all_is_said_plainly(
+    tmp_path: Path,
+    broker_url: str,
+    fixture_env: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PY_SPY_VAR, "off")
+    limits = Limits(boot=3, consume=3, grace=0.5)
+    result = probe_env(fixture_env("never-ready"), tmp_path, broker_url, limits=limits)
+    assert result.stacks is not None
+    assert result.stacks.threads == ()
+    assert result.stacks.note == (
+        f"no stack could be taken: py-spy: turned off ({PY_SPY_VAR}=off); "
+        f"faulthandler: main process {result.stacks.leader} never loads the probe module"
+    )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from envbisect.cli import main
@@ -16,6 +17,7 @@ from envbisect.errors import ExitCode
 from ..conftest import ROOT
 
 MINIMAL = ROOT / "fixtures" / "minimal.txt"
+SCHEMA = json.loads((ROOT / "envbisect" / "schema" / "report.schema.json").read_text())
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_debris")]
 
@@ -72,6 +74,25 @@ def test_finds_the_gevent_stall_and_how_it_got_in(
         t["phase"] for t in trials[:2]
     ] == ["bad", "good"]
     assert {t["outcome"] for t in trials} <= {"pass", "fail"}
+    # Why it broke: what the culprit runs at start-up, and where the worker is stuck.
+    assert culprit["startup_hooks"] == [
+        {
+            "file": "telemetry_shim.pth",
+            "line": "import telemetry_shim._autopatch",
+            "lineno": 1,
+            "kind": "pth",
+        }
+    ]
+    assert evidence["stacks_note"] == "taken with py-spy"
+    summary = evidence["stacks_summary"]
+    assert summary[0].startswith("main process ") and "gevent hub running in" in summary[0]
+    assert any(
+        "blocked in PollPoller.poll (pika/adapters/select_connection.py" in line for line in summary
+    )
+    assert {thread["process"] for thread in evidence["stacks"]} == {"main", "worker"}
+    # Only the confirmation took stacks: the search's trials stay fast.
+    assert [t["phase"] for t in trials if "stacks" in t["timings"]] == ["confirm"]
+    jsonschema.validate(report, SCHEMA)
 
 
 def test_finds_the_crash_with_its_import_error(
@@ -88,6 +109,9 @@ def test_finds_the_crash_with_its_import_error(
     assert isinstance(evidence, dict)
     assert evidence["diagnosis"] == "crashed"
     assert "ImportError" in "\n".join(evidence["output"])
+    assert evidence["stacks"] is None  # a crash has its traceback
+    assert [hook["line"] for hook in culprit["startup_hooks"]] == ["import pika_autotrace._hook"]
+    jsonschema.validate(report, SCHEMA)
 
 
 def test_finds_a_pair_that_fails_only_together(
