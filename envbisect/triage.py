@@ -33,7 +33,7 @@ from envbisect import processes
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
-from envbisect.masking import mask_urls
+from envbisect.masking import mask_urls, scrub
 from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
@@ -724,7 +724,8 @@ class _OutcomeCache:
     def put(self, key: str, result: ProbeResult, outcome: Outcome) -> None:
         if not self.enabled:
             return
-        data = asdict(result) | {"outcome": outcome.value}
+        # An output file like any report: no credential, whatever the result holds.
+        data = scrub(asdict(result) | {"outcome": outcome.value})
         tmp = self.root / f".{key}.{secrets.token_hex(3)}"
         # Only a cache: a full disk must not cost the run its verdict.
         try:

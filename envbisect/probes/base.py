@@ -47,6 +47,17 @@ class ProbeResult:
     #: command that does not exist): not a verdict on the packages.
     setup_error: str | None = None
 
+    def __post_init__(self) -> None:
+        # Whatever probe made it, a result holds no credential: it goes to reports,
+        # the terminal and the outcome cache.
+        masked = {
+            "detail": mask_urls(self.detail),
+            "evidence": tuple(mask_urls(line) for line in self.evidence),
+            "setup_error": None if self.setup_error is None else mask_urls(self.setup_error),
+        }
+        for name, value in masked.items():
+            object.__setattr__(self, name, value)
+
 
 @dataclass(frozen=True)
 class TrialEnv:

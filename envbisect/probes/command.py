@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbisect.errors import InputError
+from envbisect.masking import mask_urls
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv, tail
 from envbisect.processes import Child
 from envbisect.search import Outcome
@@ -33,7 +34,7 @@ class CommandProbe(Probe):
     cacheable: bool = False  # the command may read anything: tests, data, the project
 
     def describe(self) -> str:
-        return f"command {self.command!r}"
+        return f"command {mask_urls(self.command)!r}"
 
     def settings(self) -> str:
         return f"{self.describe()} cwd={self.cwd}"
@@ -80,7 +81,7 @@ class CommandProbe(Probe):
             )
         if code == NOT_FOUND_STATUS:
             # Bad, as git bisect has it; but in the good set it means the probe cannot work.
-            problem = f"--probe-cmd {self.command!r}: command not found in the trial env"
+            problem = f"--probe-cmd {mask_urls(self.command)!r}: command not found in the trial env"
             return ProbeResult(
                 Outcome.FAIL,
                 Diagnosis.EXIT_STATUS,
