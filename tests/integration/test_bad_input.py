@@ -273,7 +273,8 @@ def test_broker_that_accepts_and_never_answers(run: Callable[..., Ran], scheme: 
         ran = run("--broker-url", f"{scheme}://127.0.0.1:{port}/")
     line = one_error_line(ran, ExitCode.BROKER)
     assert "cannot reach" in line
-    assert ran.seconds < 20, f"took {ran.seconds:.1f} s"
+    # Given up (a hang would run into communicate's 300 s), on a busy machine too.
+    assert ran.seconds < 120, f"took {ran.seconds:.1f} s"
 
 
 # -- the probe and the sides -----------------------------------------------------------------
