@@ -15,6 +15,7 @@ import shlex
 import string
 import tempfile
 import urllib.parse
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,3 +221,21 @@ def test_the_broker_url(
         assert outputs.leaks(creds) == []
         assert line in outputs.texts["stderr"]
         assert line in json.loads(outputs.texts["report.json"])["error"]
+
+
+def test_terminal_escapes_in_a_probes_output_leave_every_report_valid(
+    envbisect: Callable[..., tuple[int, Outputs]],
+) -> None:
+    # Colours, a window title, NUL, BEL and a carriage return, as a real command prints them.
+    printed = r"printf '\033[31mred\033[0m line \000with\a bell \033]0;title\a and\r\nmore\n'"
+    creds = Credentials("user", "Passw0rd-123", "Tok3n-4567")
+    code, outputs = envbisect(creds, "--probe-cmd", f"{printed}; exit 1", environ={})
+    assert code == ExitCode.GOOD_FAILS
+    error = ET.fromstring(outputs.texts["junit.xml"]).find(".//error")  # XML 1.0: it parses
+    assert error is not None and "red line with bell  and\nmore" in (error.text or "")
+    for where in ("report.md", "stdout", "stderr", "step-summary.md"):
+        text = outputs.texts[where]
+        assert not [c for c in text if ord(c) < 32 and c not in "\n\t"], (where, text)
+        assert "red line with bell  and" in text or where == "stderr"
+    report = json.loads(outputs.texts["report.json"])
+    assert report["evidence"]["output"] == ["red line with bell  and", "more"]
