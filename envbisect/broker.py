@@ -85,6 +85,11 @@ def connect(url: str) -> BrokerClient:
     except ValueError as exc:
         raise InputError(f"--broker-url {mask(url)}: not a valid URL ({exc})") from exc
     if parts.scheme in ("amqp", "amqps"):
+        if parts.username is not None and parts.password is None:
+            # pika (here and in the worker) cannot take a lone user name or token.
+            raise InputError(
+                f"--broker-url {mask(url)}: a user without a password (amqp://user:password@host/)"
+            )
         return RabbitClient(url)
     if parts.scheme in ("redis", "rediss", "unix"):
         from envbisect.broker_redis import RedisClient

@@ -2,7 +2,9 @@
 and JUnit XML (the verdict as a test result).
 
 Both read the documented JSON document only (see ``envbisect/schema``), so a
-run that ended in an error is reported the same way as one that finished.
+run that ended in an error is reported the same way as one that finished. Both
+clean it first, whoever made it: no credential, no terminal escape, no control
+character (XML 1.0 forbids most; a Markdown viewer or a terminal would act on them).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from envbisect.masking import scrub
 from envbisect.stacks import short_path, thread_label
 
 Report = Mapping[str, Any]
@@ -29,6 +32,7 @@ _KINDS = {"added": "added", "removed": "removed", "modified": "locally modified"
 
 def markdown(report: Report) -> str:
     """A summary fit for a pull-request comment or ``$GITHUB_STEP_SUMMARY``."""
+    report = scrub(report)
     verdict = report["verdict"]
     command = report.get("command", "run")
     lines = [f"### {_ICON[verdict]} envbisect: {_cell(_title(report))}", ""]
@@ -94,6 +98,7 @@ def markdown(report: Report) -> str:
 
 def junit(report: Report) -> str:
     """One test case, "the candidate (bad side) passes the probe", as JUnit XML."""
+    report = scrub(report)
     verdict = report["verdict"]
     command = report.get("command", "run")
     seconds = f"{report.get('seconds', 0.0):.3f}"

@@ -15,18 +15,17 @@ from typing import Annotated, Any
 
 import typer
 from platformdirs import user_cache_dir
-from rich.console import Console
 
 from envbisect import processes
 from envbisect.broker import DEFAULT_URL, connect
 from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
-from envbisect.masking import mask_urls
+from envbisect.masking import KNOWN_SECRETS, mask_urls, printable
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import Interrupted
-from envbisect.report import ConsoleObserver, error_json, render, to_json
+from envbisect.report import ConsoleObserver, console, error_json, render, to_json
 from envbisect.triage import Finding, Options, Verdict, triage
 
 app = typer.Typer(
@@ -301,13 +300,13 @@ def _execute(
         finding = _triage(options, the_probe, header, quiet)
     # CI reads the reports: they say what went wrong too, the command line included.
     except EnvbisectError as exc:
-        outputs.write(error_json(mask_urls(str(exc)), int(exc.exit_code), command))
+        outputs.write(error_json(str(exc), int(exc.exit_code), command))
         raise
     except Exception as exc:
-        outputs.write(error_json(mask_urls(_internal(exc)), int(ExitCode.INTERNAL), command))
+        outputs.write(error_json(_internal(exc), int(ExitCode.INTERNAL), command))
         raise
     code = (_GATE_CODES if command == "gate" else _VERDICT_CODES)[finding.verdict]
-    render(finding, Console(highlight=False))
+    render(finding, console())
     outputs.write(to_json(finding, int(code)))
     return int(code)
 
@@ -335,10 +334,9 @@ class _Outputs:
 
 def _triage(options: Options, probe: Probe, header: str, quiet: bool) -> Finding:
     """The run itself, its progress on stderr."""
-    # soft_wrap: a progress line stays one line, whatever the terminal width.
-    progress = Console(stderr=True, highlight=False, soft_wrap=True)
+    progress = console(stderr=True)
     if not quiet:
-        progress.print(header, markup=False)
+        progress.print(_line(header), markup=False)
     return triage(options, probe, ConsoleObserver(progress, quiet=quiet))
 
 
@@ -432,14 +430,19 @@ def _signals_raise() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Before anything is printed: the credentials of the broker and index URLs and of
+    # the command line are masked verbatim wherever they turn up.
+    KNOWN_SECRETS.add_environment(os.environ)
+    KNOWN_SECRETS.add_text(" ".join(args))
+    errors = console(stderr=True)
     command = typer.main.get_command(app)
     processes.become_subreaper()
     processes.reset()
     try:
         with _signals_raise():
             result = command.main(
-                args=list(sys.argv[1:] if argv is None else argv),
+                args=args,
                 prog_name="envbisect",
                 standalone_mode=False,
             )
@@ -447,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print(f"envbisect: interrupted by {exc}; cleaned up")
         return int(ExitCode.INTERRUPTED if exc.signum == signal.SIGINT else ExitCode.TERMINATED)
     except EnvbisectError as exc:
-        errors.print(f"envbisect: error: {mask_urls(str(exc))}", markup=False)
+        errors.print(f"envbisect: error: {_line(str(exc))}", markup=False)
         return int(exc.exit_code)
     except typer.Exit as exc:
         return int(exc.exit_code)
@@ -458,14 +461,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
             errors.print(context.get_help(), markup=False)
         else:
-            errors.print(f"envbisect: error: {exc.format_message()}", markup=False)
+            errors.print(f"envbisect: error: {_line(exc.format_message())}", markup=False)
         return int(ExitCode.USAGE)
     except Exception as exc:
         if os.environ.get("ENVBISECT_DEBUG"):
             raise
-        errors.print(f"envbisect: error: {mask_urls(_internal(exc))}", markup=False)
+        errors.print(f"envbisect: error: {_line(_internal(exc))}", markup=False)
         return int(ExitCode.INTERNAL)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
+
+
+def _line(text: str) -> str:
+    """Text for the terminal: no credential, no terminal escape."""
+    return printable(mask_urls(text))
 
 
 def _internal(exc: Exception) -> str:

@@ -35,6 +35,7 @@ from packaging.utils import NormalizedName
 from envbisect import __version__
 from envbisect.delta import Package
 from envbisect.inputs import Interpreter
+from envbisect.masking import scrub
 from envbisect.probes.base import Diagnosis, LimitReached, Limits, ProbeResult
 from envbisect.search import Outcome
 
@@ -109,7 +110,8 @@ class OutcomeCache:
             return
         # Stacks are a moment of processes long gone, not a property of the package set;
         # a replayed result is never the evidence (the confirmation probes afresh).
-        data = asdict(result) | {"format": _FORMAT}
+        # An output file like any report: no credential, whatever the result holds.
+        data = scrub(asdict(result) | {"format": _FORMAT})
         del data["stacks"]
         tmp = self.root / f".{key}.{secrets.token_hex(3)}"
         try:

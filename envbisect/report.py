@@ -1,7 +1,8 @@
 """Render a finished run: the terminal (rich) and JSON; live progress while it runs.
 
 The JSON document (schema: ``envbisect/schema/report.schema.json``) is the one
-source of the CI formats too (:mod:`envbisect.ci`: Markdown, JUnit XML).
+source of the CI formats too (:mod:`envbisect.ci`: Markdown, JUnit XML). Every
+text either shows is masked (:mod:`envbisect.masking`) and free of terminal escapes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from envbisect import __version__
 from envbisect.delta import Change, ChangeKind, Delta
-from envbisect.masking import mask_urls
+from envbisect.masking import mask_urls, printable, scrub
 from envbisect.narrow import Narrowing
 from envbisect.search import Outcome
 from envbisect.stacks import Stacks, ThreadStack
@@ -32,6 +33,25 @@ _STYLE = {
     Outcome.FLAKY: "magenta",
     Outcome.ERROR: "yellow",
 }
+#: Off a terminal, lines are this wide at most: never, in practice.
+UNWRAPPED = 1 << 16
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console for envbisect's output.
+
+    On a terminal the report wraps to the window (progress lines on stderr never do).
+    Off a terminal (a CI log, a pipe, a file) nothing wraps: paths, URLs and verdict
+    lines stay whole, whatever their length, so a log can be grepped.
+    """
+    if Console(stderr=stderr).is_terminal:
+        return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=UNWRAPPED)
+
+
+def shown(text: object) -> str:
+    """``text`` as the terminal may show it: masked, printable, rich markup escaped."""
+    return escape(printable(mask_urls(str(text))))
 
 
 class ConsoleObserver:
@@ -43,7 +63,7 @@ class ConsoleObserver:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]·[/dim] {escape(mask_urls(text))}")
+            self.console.print(f"[dim]·[/dim] {shown(text)}")
 
     def trial_started(self, index: int, phase: str, size: int) -> None:
         pass  # parallel trials would interleave "started" lines; report on finish only
@@ -56,7 +76,7 @@ class ConsoleObserver:
         self.console.print(
             f"  trial {trial.index:>2} {trial.phase:<7} {len(trial.changes):>3} change(s) "
             f"[{style}]{trial.outcome.value:<5}[/{style}] {trial.seconds:5.1f} s{cached}  "
-            f"[dim]{escape(trial.result.detail)}[/dim]"
+            f"[dim]{shown(trial.result.detail)}[/dim]"
         )
 
 
@@ -121,57 +141,56 @@ def render(finding: Finding, console: Console) -> None:
     A passing gate is one line: CI logs show it as the step's result.
     """
     if finding.verdict is Verdict.PASS:
-        line = f"[bold green]{escape(summary_line(finding))}[/bold green]"
+        line = f"[bold green]{shown(summary_line(finding))}[/bold green]"
         console.print(line, soft_wrap=True)
         if finding.note:
-            console.print(f"[dim]note:[/dim] {escape(finding.note)}", soft_wrap=True)
+            console.print(f"[dim]note:[/dim] {shown(finding.note)}", soft_wrap=True)
         return
     console.print()
     if finding.verdict is Verdict.CULPRIT_FOUND:
         label = "culprit" if len(finding.culprits) == 1 else "culprits (fail only together)"
         for change in finding.culprits:
             console.print(
-                f"[bold red]{label}:[/bold red] {escape(culprit_line(change, finding.delta))}"
+                f"[bold red]{label}:[/bold red] {shown(culprit_line(change, finding.delta))}"
             )
             chain = finding.delta.path_from_top(change.name)
             if len(chain) > 1:
-                console.print("  [dim]path:[/dim] " + escape(" → ".join(str(p) for p in chain)))
+                console.print("  [dim]path:[/dim] " + shown(" → ".join(str(p) for p in chain)))
             hooks = finding.startup_hooks.get(change.name, ())
             if hooks:
                 console.print(
                     "  [dim]runs at start-up:[/dim] "
-                    + escape(mask_urls("; ".join(hook.describe() for hook in hooks))),
-                    soft_wrap=True,
+                    + shown("; ".join(hook.describe() for hook in hooks))
                 )
             for narrowing in finding.narrowings:
                 if narrowing.change == change:
-                    console.print("  [dim]narrowed:[/dim] " + escape(narrowing.describe()))
+                    console.print("  [dim]narrowed:[/dim] " + shown(narrowing.describe()))
     else:
-        console.print(f"[bold yellow]{_headline(finding)}[/bold yellow]")
+        console.print(f"[bold yellow]{shown(_headline(finding))}[/bold yellow]")
     if finding.note:
-        console.print(f"[dim]note:[/dim] {escape(finding.note)}")
+        console.print(f"[dim]note:[/dim] {shown(finding.note)}")
     console.print(_trial_table(finding.trials))
     if finding.evidence is not None:
         result = finding.evidence.result
         console.print(
             f"[bold]evidence[/bold] (trial {finding.evidence.index}, {finding.evidence.phase}): "
             f"[{_STYLE[finding.evidence.outcome]}]{result.diagnosis.value}[/] — "
-            f"{escape(result.detail)}"
+            f"{shown(result.detail)}"
         )
         if result.stacks is not None:
-            console.print(f"[bold]stacks:[/bold] {escape(mask_urls(result.stacks.note))}")
+            console.print(f"[bold]stacks:[/bold] {shown(result.stacks.note)}")
             for line in result.stacks.summary():
-                console.print(f"  {escape(mask_urls(line))}", soft_wrap=True)
+                console.print(f"  {shown(line)}")
         for line in result.evidence[-12:]:
-            console.print(f"  [dim]│[/dim] {escape(line)}", soft_wrap=True)
+            console.print(f"  [dim]│[/dim] {shown(line)}", soft_wrap=True)
     cached = sum(1 for t in finding.trials if t.cached)
     console.print(
         f"[dim]{len(finding.trials)} trials ({cached} from cache) in {finding.seconds:.1f} s; "
-        f"probe: {escape(finding.probe)}; installer: {finding.installer}; "
+        f"probe: {shown(finding.probe)}; installer: {finding.installer}; "
         f"jobs: {finding.jobs}[/dim]"
     )
     if finding.workspace is not None:
-        console.print(f"[dim]envs kept in {finding.workspace}[/dim]")
+        console.print(f"[dim]envs kept in {shown(finding.workspace)}[/dim]")
 
 
 def _headline(finding: Finding) -> str:
@@ -207,18 +226,19 @@ def _trial_table(trials: Sequence[Trial]) -> Table:
             f"{trial.env_seconds:.2f}",
             f"{timings.get('boot', 0.0):.2f}",
             f"{timings.get('wait', 0.0):.2f}",
-            escape(trial.result.diagnosis.value),
+            shown(trial.result.diagnosis.value),
         )
     return table
 
 
 def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
-    """The documented JSON report (schema in ``envbisect/schema/report.schema.json``)."""
+    """The documented JSON report (schema in ``envbisect/schema/report.schema.json``),
+    every string in it masked and printable."""
     delta = finding.delta
     kinds: dict[str, int] = {}
     for change in delta.changes:
         kinds[change.kind.value] = kinds.get(change.kind.value, 0) + 1
-    return {
+    report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "envbisect", "version": __version__},
         "command": "gate" if finding.gate else "run",
@@ -242,6 +262,7 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "evidence": None if finding.evidence is None else _evidence_json(finding.evidence),
         "disagreements": [sorted(subset) for subset in finding.disagreements],
     }
+    return scrub(report)
 
 
 def _change_json(change: Change) -> dict[str, Any]:
@@ -386,7 +407,7 @@ def _thread_json(thread: ThreadStack, leader: int) -> dict[str, Any]:
 
 def error_json(message: str, exit_code: int, command: str) -> dict[str, Any]:
     """The JSON report of a run that ended in an error (bad input, broker, build, time)."""
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "envbisect", "version": __version__},
         "command": command,
@@ -394,3 +415,4 @@ def error_json(message: str, exit_code: int, command: str) -> dict[str, Any]:
         "exit_code": exit_code,
         "error": message,
     }
+    return scrub(report)

@@ -8,6 +8,7 @@ envbisect cache dir (repacked wheels, uv's cache) shared by every test.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,11 +17,46 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 RUN_TOKEN_VAR = "ENVBISECT_RUN_TOKEN"
+SCHEMA = json.loads((ROOT / "envbisect" / "schema" / "report.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_VALIDATED: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def reports_are_valid(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every JSON report a test leaves in its tmp_path is checked against the shipped schema."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")  # now, so it outlives this check
+    yield
+    for path in tmp_path.rglob("*.json"):
+        if "site-packages" in path.parts or not path.is_file():
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(report, dict) and "schema_version" in report:
+            errors = [
+                f"{list(e.absolute_path)}: {e.message}" for e in VALIDATOR.iter_errors(report)
+            ]
+            assert errors == [], f"{path} does not match the report schema"
+            _VALIDATED.append(path)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many reports were validated, so a run shows the check was not vacuous."""
+    if _VALIDATED:
+        terminalreporter.write_line(
+            f"envbisect: {len(_VALIDATED)} JSON report(s) validated against the schema"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ import pytest
 from envbisect.cli import main
 from envbisect.errors import ExitCode
 
-from .conftest import ROOT
-from .test_reports import SCHEMA
+from .conftest import ROOT, SCHEMA
 
 LOCKS = ROOT / "fixtures" / "locks"
 
@@ -134,3 +133,27 @@ def test_options_that_would_be_ignored_or_are_wrong_are_bad_input_with_a_report(
     written = json.loads(report.read_text())
     jsonschema.validate(written, SCHEMA)
     assert (written["verdict"], written["exit_code"], written["error"]) == ("error", 2, message)
+
+
+def test_the_header_and_error_lines_hold_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An index URL in the environment, a token in the probe command, a password with a
+    # raw "@" in an error line: each is a known secret from the start of the run.
+    monkeypatch.setenv("PIP_INDEX_URL", "https://alice:idx-s3cret-1@pypi.corp/simple")
+    command = "curl -H 'Authorization: Bearer tok-abcdef12' https://tok-ghijkl34@h/ $PIP_INDEX_URL"
+    report = tmp_path / "report.json"
+    missing = str(tmp_path / "missing")
+    common = ["--cache-dir", str(tmp_path / "cache"), "--json", str(report)]
+    code = main(["run", "--bad", missing, "--good", missing, "--probe-cmd", command, *common])
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "probe=command \"curl -H 'Authorization: Bearer ***' https://***@h/" in err
+    broker = "amqp://u:p@ssw0rd99@h:99999/"
+    code = main(["run", "--bad", missing, "--good", missing, "--broker-url", broker, *common])
+    assert code == ExitCode.USAGE
+    err += capsys.readouterr().err
+    assert "envbisect: error: --broker-url amqp://u:***@h:99999/: not a valid URL" in err
+    written = report.read_text()
+    for secret in ("tok-abcdef12", "tok-ghijkl34", "p@ssw0rd99", "ssw0rd99", "idx-s3cret-1"):
+        assert secret not in err + written

@@ -49,3 +49,19 @@ def test_a_timeout_is_bad_with_the_signal_named(tmp_path: Path) -> None:
     assert stubborn.detail == "still running after 0.5 s; stopped with SIGKILL (it ignored SIGTERM)"
     polite = probe(tmp_path, "exec sleep 30", seconds=0.5)
     assert polite.detail == "still running after 0.5 s; stopped with SIGTERM"
+
+
+def test_the_command_and_its_output_hold_no_secret(tmp_path: Path) -> None:
+    command = (
+        "API_TOKEN=tok-abcdef12 true; echo connecting to https://u:p@ssw0rd99@h/; "
+        "python3 -c 'raise RuntimeError(\"https://tok-ghijkl34@h/ refused\")'; "
+        "no-such-command-envbisect https://tok-mnopqr56@h/"
+    )
+    result = probe(tmp_path, command)
+    probe_text = CommandProbe(command).describe()
+    text = "\n".join([probe_text, result.detail, str(result.setup_error), *result.evidence])
+    for secret in ("tok-abcdef12", "p@ssw0rd99", "ssw0rd99", "tok-ghijkl34", "tok-mnopqr56"):
+        assert secret not in text
+    assert "connecting to https://u:***@h/" in result.evidence
+    assert "RuntimeError: https://***@h/ refused" in result.evidence
+    assert "API_TOKEN=***" in probe_text

@@ -16,11 +16,11 @@ def test_max_time_stops_an_installer_command(tmp_path: Path) -> None:
     uv.deadline = time.monotonic() + 0.5
     started = time.monotonic()
     with pytest.raises(TimeLimitError, match="--max-time reached while hanging"):
-        uv._run("hanging", ["sleep", "30"])
-    assert time.monotonic() - started < 5
+        uv._run("hanging", ["sleep", "600"])
+    assert time.monotonic() - started < 60  # stopped, not waited for
     uv.deadline = time.monotonic() - 1
     with pytest.raises(TimeLimitError, match="--max-time reached before"):
-        uv._run("never started", ["sleep", "30"])
+        uv._run("never started", ["sleep", "600"])
 
 
 def test_installer_logs_do_not_pile_up(tmp_path: Path) -> None:

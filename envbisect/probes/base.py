@@ -62,6 +62,17 @@ class ProbeResult:
     #: stopped (only where :attr:`Limits.take_stacks` asked for them); None when not sought.
     stacks: Stacks | None = None
 
+    def __post_init__(self) -> None:
+        # Whatever probe made it, a result holds no credential: it goes to reports,
+        # the terminal and the outcome cache.
+        masked = {
+            "detail": mask_urls(self.detail),
+            "evidence": tuple(mask_urls(line) for line in self.evidence),
+            "setup_error": None if self.setup_error is None else mask_urls(self.setup_error),
+        }
+        for name, value in masked.items():
+            object.__setattr__(self, name, value)
+
 
 @dataclass(frozen=True)
 class TrialEnv:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbisect.errors import InputError
+from envbisect.masking import mask_urls
 from envbisect.probes.base import (
     Diagnosis,
     Later,
@@ -42,7 +43,7 @@ class CommandProbe(Probe):
     cacheable: bool = False  # the command may read anything: tests, data, the project
 
     def describe(self) -> str:
-        return f"command {self.command!r}"
+        return f"command {mask_urls(self.command)!r}"
 
     def settings(self) -> str:
         return f"{self.describe()} cwd={self.cwd}"
@@ -94,7 +95,7 @@ class CommandProbe(Probe):
             )
         if code == NOT_FOUND_STATUS:
             # Bad, as git bisect has it; but in the good set it means the probe cannot work.
-            problem = f"--probe-cmd {self.command!r}: command not found in the trial env"
+            problem = f"--probe-cmd {mask_urls(self.command)!r}: command not found in the trial env"
             return ProbeResult(
                 Outcome.FAIL,
                 Diagnosis.EXIT_STATUS,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from envbisect.broker import BrokerClient, QueueState
+from envbisect.masking import mask_urls
 from envbisect.probes.base import (
     Diagnosis,
     Later,
@@ -409,11 +410,13 @@ class _Watch:
         elif kind == "adopted" and self.on_adopt is not None:
             self.on_adopt(str(event.get("actor")))
         elif kind == "error":
-            self.setup_error = str(event.get("message"))
+            self.setup_error = mask_urls(str(event.get("message")))
         elif kind == "ran" and event.get("token") == self.message_id:
             self.ran_at = now
             self.ran_in = str(event.get("prefix"))
-            self.error = event.get("error")
+            # Masked before anything cuts it short: a cut URL is no longer recognised.
+            error = event.get("error")
+            self.error = None if error is None else mask_urls(str(error))
             if self.ready_at is None:
                 self.ready_at = now
 

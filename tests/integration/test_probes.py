@@ -18,6 +18,16 @@ from envbisect.stacks import PY_SPY_VAR, short_path
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_debris")]
 
 
+def generous() -> Limits:
+    """Limits a healthy worker meets on a busy machine too (it ends the wait when it runs)."""
+    return Limits(boot=60, consume=60, grace=0.5)
+
+
+def waiting(outcome: Outcome) -> Limits | None:
+    """A probe expected to fail waits out the whole limit: keep that one short."""
+    return None if outcome is Outcome.PASS else Limits(boot=60, consume=3, grace=0.5)
+
+
 def probe_env(
     env: Path, tmp_path: Path, url: str, *, asyncio: bool = False, limits: Limits | None = None
 ) -> ProbeResult:
@@ -29,7 +39,7 @@ def probe_env(
         return probe.run(
             TrialEnv(path=env, scratch=scratch),
             new_run_token(),
-            limits or Limits(boot=20, consume=3, grace=0.5),
+            limits or generous(),
             later,
         )
     finally:
@@ -56,7 +66,7 @@ def test_consume_probe_tells_failures_apart(
     broker_url: str,
     fixture_env: Callable[[str], Path],
 ) -> None:
-    result = probe_env(fixture_env(name), tmp_path, broker_url)
+    result = probe_env(fixture_env(name), tmp_path, broker_url, limits=waiting(outcome))
     assert (result.outcome, result.diagnosis) == (outcome, diagnosis), result.detail
     assert evidence in result.detail + "\n".join(result.evidence)
 
@@ -73,7 +83,7 @@ def test_worker_that_never_gets_ready(
 def test_stalled_worker_ignores_sigterm_and_is_killed(
     tmp_path: Path, broker_url: str, fixture_env: Callable[[str], Path]
 ) -> None:
-    result = probe_env(fixture_env("stall"), tmp_path, broker_url)
+    result = probe_env(fixture_env("stall"), tmp_path, broker_url, limits=waiting(Outcome.FAIL))
     assert "ignored SIGTERM (killed)" in result.detail
     assert result.timings["stop"] >= 0.5
 
@@ -86,7 +96,9 @@ def test_consume_async_probe(
     broker_url: str,
     fixture_env: Callable[[str], Path],
 ) -> None:
-    result = probe_env(fixture_env(name), tmp_path, broker_url, asyncio=True)
+    result = probe_env(
+        fixture_env(name), tmp_path, broker_url, asyncio=True, limits=waiting(outcome)
+    )
     assert result.outcome is outcome, result.detail
 
 
@@ -101,9 +113,7 @@ def run_probe(probe: ConsumeProbe, env: Path, tmp_path: Path) -> ProbeResult:
     scratch.mkdir()
     later = Later()
     try:
-        return probe.run(
-            TrialEnv(path=env, scratch=scratch), new_run_token(), Limits(boot=20, consume=3), later
-        )
+        return probe.run(TrialEnv(path=env, scratch=scratch), new_run_token(), generous(), later)
     finally:
         assert later.run() == []
 

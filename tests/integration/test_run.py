@@ -232,4 +232,8 @@ def test_outcome_cache_makes_a_rerun_near_instant(
     assert not any(t["cached"] for t in one["trials"])
     assert all(t["cached"] for t in two["trials"] if t["phase"] != "confirm")
     assert two["culprits"] == one["culprits"]
-    assert two["seconds"] < one["seconds"] / 2
+    # Near instant, measured by what ran rather than by the clock: a cached trial built
+    # no env and ran no probe; only the confirmation probes again.
+    cached = [t for t in two["trials"] if t["cached"]]
+    assert cached and all(t["seconds"] == t["build_seconds"] == 0 for t in cached)
+    assert [t["phase"] for t in two["trials"] if not t["cached"]] == ["confirm"]
