@@ -2,16 +2,17 @@
 
 With no broker URL given and nothing listening at the default one (or with
 ``--private-broker``), the run starts ``rabbitmq-server`` — else ``redis-server``
-— the way pytest-rabbitmq does: free ports, a node name of its own, its data,
-logs, config and Erlang cookie (``HOME``) in the run's private temp dir, so
-neither the machine's broker nor the user's files are touched. RabbitMQ gets
-its own epmd on a port of its own too: the machine's epmd is never used, so
-there is never a question of whose epmd to stop.
+— the way pytest-rabbitmq does: free ports, a node name of its own, a password
+of its own, and its config, data, logs and Erlang cookie (``HOME``) in the run's
+private temp dir, so neither the machine's broker nor the system's or the user's
+files are used or touched. RabbitMQ gets an epmd of its own, on a port of its
+own: the machine's epmd is never used, so whose epmd to stop is never a question.
 
 Every process of it carries the run's token (the sweep after a SIGKILLed
-envbisect finds them by it); :meth:`PrivateBroker.stop` kills them all, the
-ones that left its process group (epmd, Erlang's port programs) by that token,
-and removes its directory.
+envbisect finds them by it) and runs under ``python -m envbisect.reaper``, which
+reaps the orphans of its boot. :meth:`PrivateBroker.stop` kills its process
+group, then the groups of those that left it (epmd, Erlang's port programs),
+found by the token, and removes its directory.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ if TYPE_CHECKING:
 PROGRAMS = {"rabbitmq": "rabbitmq-server", "redis": "redis-server"}
 #: The package a Dramatiq worker needs to reach each kind.
 CLIENTS = {"rabbitmq": "pika", "redis": "redis"}
-#: Seconds a private broker may take to answer (RabbitMQ boots in ~2-8 s on 2 busy cores).
+#: Seconds a private broker may take to answer (RabbitMQ boots in 5-14 s on 2 busy cores).
 BOOT_LIMIT = 120.0
 #: Attempts when a port picked as free was taken before the server could bind it.
 _ATTEMPTS = 3
+#: How the servers say so (lower case): the AMQP or Redis port; RabbitMQ's distribution
+#: port; its epmd port, held by something that is not epmd.
+_PORT_TAKEN = ("eaddrinuse", "address already in use", "dist_port_already_used", "nodistribution")
 _USER = "envbisect"
 
 
@@ -221,11 +225,11 @@ class PrivateBroker:
                 raise BrokerError("the private broker was stopped before it answered")
             if status is not None:
                 output = log.read_text(errors="replace") if log.exists() else ""
-                if "eaddrinuse" in output.lower() or "address already in use" in output.lower():
+                if any(sign in output.lower() for sign in _PORT_TAKEN):
                     raise _PortTaken
                 raise BrokerError(
                     f"could not start a private {kind}: {program} exited with status {status}"
-                    f": {_last_line(output)}"
+                    f": {_reason(output)}"
                 )
             if _listening(port):
                 with contextlib.suppress(BrokerError):
@@ -317,6 +321,9 @@ def _rabbitmq_files(
         "RABBITMQ_NODENAME": f"envbisect-{token}@localhost",
         "RABBITMQ_CONF_ENV_FILE": str(directory / "env.conf"),
         "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+        # Not the system's /etc/rabbitmq/conf.d/*.conf (a listener on 5672, say) nor its motd.
+        "RABBITMQ_CONFIG_FILES": str(directory / "conf.d" / "*.conf"),
+        "RABBITMQ_MOTD_FILE": str(directory / "motd"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
         "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
@@ -342,6 +349,9 @@ def _redis_config(directory: Path, program: Path, password: str) -> Path:
     return config
 
 
-def _last_line(output: str) -> str:
+def _reason(output: str) -> str:
+    """The last line of a server's output that says something (not Erlang's crash-dump
+    notice), passwords masked."""
     lines = [line.strip() for line in mask_urls(output).splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else "no output"
+    said = [line for line in lines if not line.startswith("Crash dump is being written")]
+    return said[-1][-300:] if said else "no output"
