@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from envbisect.errors import BrokerError, InputError
+from envbisect.errors import BrokerError, BrokerUnreachable, InputError
 from envbisect.masking import mask
 
 if TYPE_CHECKING:
@@ -142,8 +142,10 @@ class RabbitClient(BrokerClient):
         # A peer that accepts the connection and never answers ends in a connector
         # (handshake) timeout, which is not an AMQPError.
         except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
-            raise BrokerError(
-                f"cannot reach RabbitMQ at {self.masked}: {_reason(exc)} (start it, e.g. "
+            reason = _reason(exc)
+            error = BrokerUnreachable if reason == "connection refused" else BrokerError
+            raise error(
+                f"cannot reach RabbitMQ at {self.masked}: {reason} (start it, e.g. "
                 "`rabbitmq-server -detached`, or point --broker-url / ENVBISECT_BROKER_URL at one)"
             ) from exc
         try:

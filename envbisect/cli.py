@@ -21,6 +21,7 @@ from envbisect.broker import DEFAULT_URL, connect
 from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.masking import KNOWN_SECRETS, mask_urls, printable
+from envbisect.private_broker import PROGRAMS, Mode
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
@@ -72,8 +73,29 @@ ArgsOpt = Annotated[
     str, typer.Option(help="JSON arguments for --actor: a list (args) or an object (kwargs).")
 ]
 BrokerOpt = Annotated[
-    str,
-    typer.Option(envvar="ENVBISECT_BROKER_URL", help="amqp:// or redis:// URL of the broker."),
+    str | None,
+    typer.Option(
+        envvar="ENVBISECT_BROKER_URL",
+        help=f"amqp:// or redis:// URL of the broker [default: {DEFAULT_URL}, or a private "
+        "broker when nothing answers there].",
+        show_default=False,
+    ),
+]
+PrivateBrokerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--private-broker",
+        help="Start a broker of the run's own (rabbitmq-server, else redis-server) and stop "
+        "it at the end, even when one answers at the default URL.",
+    ),
+]
+PrivateBrokerKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="rabbitmq or redis: the kind of private broker [default: rabbitmq-server if on "
+        "PATH, else redis-server].",
+        show_default=False,
+    ),
 ]
 InstallerOpt = Annotated[str, typer.Option(help="uv (fast) or pip (virtualenv + pip).")]
 CacheOpt = Annotated[
@@ -155,7 +177,9 @@ def run(
     worker_module: WorkerModuleOpt = None,
     actor: ActorOpt = "",
     args: ArgsOpt = "[]",
-    broker_url: BrokerOpt = DEFAULT_URL,
+    broker_url: BrokerOpt = None,
+    private_broker: PrivateBrokerOpt = False,
+    private_broker_kind: PrivateBrokerKindOpt = None,
     installer: InstallerOpt = "uv",
     cache_dir: CacheOpt = CACHE_DIR,
     jobs: JobsOpt = CORES,
@@ -203,7 +227,9 @@ def gate(
     worker_module: WorkerModuleOpt = None,
     actor: ActorOpt = "",
     args: ArgsOpt = "[]",
-    broker_url: BrokerOpt = DEFAULT_URL,
+    broker_url: BrokerOpt = None,
+    private_broker: PrivateBrokerOpt = False,
+    private_broker_kind: PrivateBrokerKindOpt = None,
     installer: InstallerOpt = "uv",
     cache_dir: CacheOpt = CACHE_DIR,
     jobs: JobsOpt = CORES,
@@ -241,7 +267,9 @@ def _execute(
     worker_module: str | None,
     actor: str,
     args: str,
-    broker_url: str,
+    broker_url: str | None,
+    private_broker: bool,
+    private_broker_kind: str | None,
     installer: str,
     cache_dir: Path,
     jobs: int,
@@ -266,6 +294,12 @@ def _execute(
     """What ``run`` and ``gate`` share: check the options, wire the probe, triage, report."""
     outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
     try:
+        worker = _user_worker(worker_module, actor, args)
+        private = "--private-broker" if private_broker else None
+        if private_broker_kind is not None:
+            private = private or "--private-broker-kind"
+        the_probe = _probe(probe, probe_cmd, cwd, broker_url, worker, private)
+        mode = _private_mode(private_broker, private_broker_kind, broker_url)
         options = Options(
             bad=bad,
             good=good,
@@ -289,9 +323,10 @@ def _execute(
             narrow=narrow,
             find_links=_directories(find_links),
             offline=offline,
+            # The user's worker module connects to the broker it names, never to ours.
+            private_broker=Mode.OFF if worker is not None else mode,
+            private_broker_kind=private_broker_kind,
         )
-        worker = _user_worker(worker_module, actor, args)
-        the_probe = _probe(probe, probe_cmd, cwd, broker_url, worker)
         sides = (
             f"candidate={bad} baseline={good}" if command == "gate" else f"bad={bad} good={good}"
         )
@@ -356,9 +391,40 @@ def _directories(paths: list[Path] | None) -> tuple[Path, ...]:
     return tuple(path.resolve() for path in paths or ())
 
 
+def _private_mode(forced: bool, kind: str | None, broker_url: str | None) -> Mode:
+    if kind is not None and kind not in PROGRAMS:
+        raise InputError(f"--private-broker-kind must be {' or '.join(PROGRAMS)}, not {kind!r}")
+    if broker_url is None:
+        return Mode.FORCE if forced else Mode.STANDBY
+    if forced:
+        raise InputError(
+            "--private-broker starts a broker of its own: leave out --broker-url "
+            "(and ENVBISECT_BROKER_URL)"
+        )
+    if kind is not None:
+        raise InputError(
+            "--private-broker-kind is the kind of private broker, which --broker-url "
+            "(or ENVBISECT_BROKER_URL) turns off"
+        )
+    return Mode.OFF
+
+
 def _probe(
-    kind: str, command: str | None, cwd: Path | None, broker_url: str, worker: UserWorker | None
+    kind: str,
+    command: str | None,
+    cwd: Path | None,
+    broker_url: str | None,
+    worker: UserWorker | None,
+    private: str | None,
 ) -> Probe:
+    """The probe; ``private`` names the private-broker option given, if one was."""
+    if private and (command is not None or kind not in ("consume", "consume-async")):
+        raise InputError(f"{private} serves --probe consume or consume-async")
+    if private and worker is not None:
+        raise InputError(
+            f"{private} serves the built-in probe actor: --worker-module connects to the "
+            "broker your module names (give its URL as --broker-url)"
+        )
     if command is not None:
         if kind != "consume" or worker is not None:
             raise InputError("--probe-cmd is a probe of its own: leave out --probe/--worker-module")
@@ -371,7 +437,10 @@ def _probe(
         return import_probe(kind.removeprefix("import:"))
     if kind in ("consume", "consume-async"):
         return ConsumeProbe(
-            broker=connect(broker_url), asyncio=kind == "consume-async", worker=worker
+            broker=connect(broker_url or DEFAULT_URL),
+            asyncio=kind == "consume-async",
+            worker=worker,
+            private=private == "--private-broker",
         )
     raise InputError(
         f"--probe must be consume, consume-async or import:pkg.mod, not {kind!r} "

@@ -45,6 +45,10 @@ class BrokerError(EnvbisectError):
     exit_code = ExitCode.BROKER
 
 
+class BrokerUnreachable(BrokerError):
+    """Nothing listens at the broker's address (the connection was refused)."""
+
+
 class EnvironmentBuildError(EnvbisectError):
     """A trial environment could not be resolved, fetched or installed."""
 

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +71,14 @@ class Child:
         cwd: Path | None = None,
         output: Path | None = None,
         stdin_devnull: bool = True,
+        service: bool = False,
     ) -> None:
         if _STOPPING.is_set():
             raise ShuttingDown("envbisect is shutting down")
         self.argv = list(argv)
+        #: A service (the private broker) outlives the trials and their clean-up, which
+        #: still talks to it: its owner stops it, not :func:`stop_all` or :func:`shutdown`.
+        self.service = service
         out = open(output, "ab") if output is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._popen = subprocess.Popen(
@@ -225,16 +229,19 @@ _STOPPING = threading.Event()
 
 
 def stop_all(grace: float = 0.5) -> None:
-    """Stop every child still running (used on interrupt and at exit)."""
+    """Stop every child still running but the services (used on interrupt and at exit)."""
     for child in _REGISTRY.snapshot():
-        child.stop(grace)
+        if not child.service:
+            child.stop(grace)
 
 
 def shutdown() -> None:
-    """Refuse new children from now on and stop the running ones (on SIGINT/SIGTERM)."""
+    """Refuse new children from now on and kill the running ones but the services (on
+    SIGINT/SIGTERM; the run's clean-up stops those)."""
     _STOPPING.set()
     for child in _REGISTRY.snapshot():
-        _signal_group(child.pid, signal.SIGKILL)
+        if not child.service:
+            _signal_group(child.pid, signal.SIGKILL)
 
 
 class Interrupted(BaseException):
@@ -316,6 +323,18 @@ def kill_stragglers(token: str) -> list[int]:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, 0)
     return found
+
+
+def kill_groups(pgids: Collection[int], within: float = REAP_WAIT) -> None:
+    """SIGKILL every process of these groups, and reap their members that are ours.
+
+    Members re-parented to us (we are the subreaper) are reaped for up to ``within``
+    seconds a group: their zombies would otherwise go to a PID 1 that may never reap.
+    """
+    for pgid in pgids:
+        _signal_group(pgid, signal.SIGKILL)
+    for pgid in pgids:
+        _reap_group(pgid, until_gone=within)
 
 
 def _pids() -> Iterator[int]:

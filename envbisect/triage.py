@@ -28,12 +28,14 @@ from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion
 
 from envbisect import processes
+from envbisect.broker import BrokerClient
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
 from envbisect.outcomes import OutcomeCache, run_context
+from envbisect.private_broker import Mode, PrivateBroker, check_client, plan
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
 from envbisect.sources import Side, Sources
@@ -79,6 +81,8 @@ class Options:
     narrow: bool = False  #: bisect the releases between a version culprit's two versions
     find_links: tuple[Path, ...] = ()  #: local wheel dirs, beside the index
     offline: bool = False  #: never reach a package index: the bad side's wheels only
+    private_broker: Mode = Mode.OFF  #: when the consume-probe gets a broker of the run's own
+    private_broker_kind: str | None = None  #: "rabbitmq" or "redis"; None: whichever is there
 
     def limits(self, started: float) -> Limits:
         """Fresh, full limits for this run."""
@@ -151,7 +155,7 @@ class Observer(Protocol):
 def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     """Run the whole procedure; raises :class:`EnvbisectError` on bad input."""
     started = time.monotonic()
-    probe.check()
+    private = plan(options.private_broker, probe, options.private_broker_kind)
     run_token = processes.new_run_token()
     backend = installer(
         options.installer,
@@ -163,10 +167,21 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     if options.max_time is not None:
         backend.deadline = started + options.max_time
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
+    broker = PrivateBroker(f"{run_token}-broker")
     try:
+        if private is not None:
+            # RabbitMQ boots in seconds: while the sides are read.
+            broker.start_soon(private.kind, workspace.root / "broker")
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
         bad = sources.bad(options.bad, options.python)
         good = sources.good(options.good, bad)
+        if private is not None:
+            check_client(private.kind, good.packages)
+            probe = probe.on_broker(_await(broker, options, started))
+            observer.say(
+                f"{private.reason}: started a private {broker.server} on {broker.address} "
+                "for this run"
+            )
         workspace.python = bad.interpreter.executable
         extras = {
             name: good.root_extras.get(name, frozenset()) | bad.root_extras.get(name, frozenset())
@@ -182,9 +197,21 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
                 runner.close()
     finally:
         with processes.cleaning_up():
+            broker.stop()
             processes.stop_all()
             processes.kill_stragglers(run_token)
             workspace.close()
+
+
+def _await(broker: PrivateBroker, options: Options, started: float) -> BrokerClient:
+    """The private broker, once it answers (within --max-time)."""
+    left = None if options.max_time is None else started + options.max_time - time.monotonic()
+    try:
+        return broker.wait(None if left is None else max(left, 0.0))
+    except TimeoutError:
+        raise TimeLimitError(
+            f"--max-time {options.max_time:g} s reached while the private broker booted"
+        ) from None
 
 
 def _summary(delta: Delta) -> str:

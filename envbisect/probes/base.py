@@ -11,11 +11,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from envbisect.masking import mask_urls
 from envbisect.processes import RUN_TOKEN_VAR
 from envbisect.search import Outcome
 from envbisect.stacks import Stacks
+
+if TYPE_CHECKING:
+    from envbisect.broker import BrokerClient
 
 
 class Diagnosis(StrEnum):
@@ -210,6 +214,15 @@ class Probe(ABC):
 
     def check(self) -> None:  # noqa: B027 - most probes have nothing to check
         """Fail early, with one clear line, when the probe cannot run at all."""
+
+    def message_broker(self) -> BrokerClient | None:
+        """The broker the probe sends its message through, if it uses one."""
+        return None
+
+    def on_broker(self, broker: BrokerClient) -> Probe:
+        """This probe, sending through ``broker`` (a private one started for the run)
+        instead; a probe without a broker is unaffected."""
+        return self
 
     def unusable(self, result: ProbeResult) -> str | None:
         """Why this result of the good set shows the probe itself cannot work, if it does."""

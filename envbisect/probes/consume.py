@@ -75,12 +75,17 @@ class ConsumeProbe(Probe):
     asyncio: bool = False
     worker: UserWorker | None = None
     kind: str = "consume"
+    #: Its broker is (or, before the run starts it, will be) a private one: described by
+    #: its server, not its URL, whose port changes from run to run.
+    private: bool = False
 
     def describe(self) -> str:
         flavour = "consume-async" if self.asyncio else "consume"
         if self.worker is not None:
             actor = f":{self.worker.actor}" if self.worker.actor else ""
             flavour = f"consume via {self.worker.module}{actor}"
+        if self.private:
+            return f"{flavour} on a private {self.broker.server or 'broker'}"
         return f"{flavour} on {self.broker.masked}"
 
     def settings(self) -> str:
@@ -90,6 +95,12 @@ class ConsumeProbe(Probe):
 
     def check(self) -> None:
         self.broker.check()
+
+    def message_broker(self) -> BrokerClient:
+        return self.broker
+
+    def on_broker(self, broker: BrokerClient) -> ConsumeProbe:
+        return replace(self, broker=broker, private=True)
 
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
         queue = f"envbisect_{token}"
