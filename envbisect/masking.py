@@ -29,3 +29,15 @@ def mask(url: str) -> str:
 def mask_urls(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***``."""
     return _URL_PASSWORD.sub(r"\1***\3", text)
+
+
+def mask_url_path(url: str) -> str:
+    """``url`` fit to print when its path or query may hold a secret (a per-run token, a
+    signature): the password, every path segment but the last, and the query become ``***``.
+    """
+    parts = urllib.parse.urlsplit(mask(url))
+    head, _, last = parts.path.rpartition("/")
+    path = f"/***/{last}" if head.strip("/") else parts.path
+    return urllib.parse.urlunsplit(
+        parts._replace(path=path, query="***" if parts.query else "", fragment="")
+    )

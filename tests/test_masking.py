@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from envbisect.masking import mask, mask_urls
+from envbisect.masking import mask, mask_url_path, mask_urls
 
 
 def test_mask_hides_the_password_only() -> None:
@@ -29,3 +29,22 @@ def test_mask_hides_the_password_only() -> None:
 )
 def test_mask_urls_in_free_text(text: str, masked: str) -> None:
     assert mask_urls(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "http://10.0.0.5:41234/Zq8tok3n/" + "a" * 64 + "/pika-1.3.2-py3-none-any.whl",
+            "http://10.0.0.5:41234/***/pika-1.3.2-py3-none-any.whl",
+        ),
+        ("http://10.0.0.5:41234/Zq8tok3n/", "http://10.0.0.5:41234/***/"),
+        (
+            "https://user:s3cret@files.example/p/x-1-py3-none-any.whl?X-Sig=s1gn&e=1#sha256=ab",
+            "https://user:***@files.example/***/x-1-py3-none-any.whl?***",
+        ),
+        ("http://[fd00::2]:80/x-1-py3-none-any.whl", "http://[fd00::2]:80/x-1-py3-none-any.whl"),
+    ],
+)
+def test_mask_url_path_hides_tokens_in_the_path_and_query(url: str, shown: str) -> None:
+    assert mask_url_path(url) == shown
