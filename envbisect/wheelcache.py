@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +32,8 @@ from envbisect.masking import mask_url_path, mask_urls
 from envbisect.wheelset import WheelRef, WheelSet
 
 CHUNK = 1024 * 1024
+# Downloads of one set at once: small wheels cost a connection and an fsync each, not bandwidth.
+FETCHES_AT_ONCE = 4
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -68,8 +71,9 @@ class WheelStore:
         return final
 
     def fetch_set(self, wheels: WheelSet) -> list[Path]:
-        """The local copies of every wheel of the set, in its order."""
-        return [self.fetch(wheel, wheels.url(wheel)) for wheel in wheels.wheels]
+        """The local copies of every wheel of the set, in its order (a few fetched at once)."""
+        with ThreadPoolExecutor(max_workers=FETCHES_AT_ONCE) as pool:
+            return list(pool.map(lambda wheel: self.fetch(wheel, wheels.url(wheel)), wheels.wheels))
 
     def _download(self, wheel: WheelRef, url: str, final: Path) -> None:
         shown = mask_url_path(url)
@@ -83,9 +87,12 @@ class WheelStore:
                     raise self._error(wheel, shown, reason) from None
                 except urllib.error.HTTPError as exc:
                     raise self._error(wheel, shown, f"HTTP {exc.code} {exc.reason}") from None
-                except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
-                    raise self._error(wheel, shown, self._reason(exc)) from None
-                except TimeoutError as exc:
+                except (
+                    urllib.error.URLError,
+                    http.client.HTTPException,
+                    ConnectionError,
+                    TimeoutError,
+                ) as exc:  # any other OSError is the disk's: reported by fetch as storing
                     raise self._error(wheel, shown, self._reason(exc)) from None
                 out.flush()
                 os.fsync(out.fileno())
@@ -101,6 +108,7 @@ class WheelStore:
     def _copy(self, url: str, out: BinaryIO, *, deadline: float) -> str:
         """Download ``url`` into ``out``; the SHA-256 of what came."""
         digest = hashlib.sha256()
+        received = 0
         with urllib.request.urlopen(_request(url), timeout=self.timeout) as response:
             # read1: one read of the socket at most, so a trickle cannot outlast the deadline
             while chunk := response.read1(CHUNK):
@@ -108,6 +116,10 @@ class WheelStore:
                     raise _Overdue
                 digest.update(chunk)
                 out.write(chunk)
+                received += len(chunk)
+            if response.length:  # what the Content-Length promised and never came
+                total = received + response.length
+                raise ConnectionError(f"connection closed after {received} of {total} bytes")
         if time.monotonic() > deadline:
             raise _Overdue
         return digest.hexdigest()

@@ -298,6 +298,28 @@ def test_a_wheel_in_the_store_is_not_fetched_again(tmp_path: Path) -> None:
     assert got.is_relative_to(tmp_path / "cache")
 
 
+def test_a_dead_downloads_partial_file_is_removed(tmp_path: Path) -> None:
+    path = wheel_file(tmp_path / "served", "pika-1.3.2-py3-none-any.whl")
+    store = WheelStore(tmp_path / "cache")
+    with WheelServer(LOOPBACK) as server:
+        ref = server.add(path)
+        slot = store.path_of(ref).parent
+        slot.mkdir(parents=True)
+        (slot / ".pika-1.3.2-py3-none-any.whl.x7k2.partial").write_bytes(b"half a whe")
+        got = store.fetch(ref, server.wheel_set([ref]).url(ref))
+    assert stored_files(tmp_path / "cache") == [ref.filename]
+    assert got.read_bytes() == path.read_bytes()
+
+
+def test_an_ipv6_address_is_served_and_advertised(tmp_path: Path) -> None:
+    path = wheel_file(tmp_path / "served", "pika-1.3.2-py3-none-any.whl")
+    with WheelServer(ListenAddress("::1", 0)) as server:
+        ref = server.add(path)
+        assert server.base_url.startswith("http://[::1]:")
+        got = WheelStore(tmp_path / "cache").fetch(ref, server.wheel_set([ref]).url(ref))
+    assert got.read_bytes() == path.read_bytes()
+
+
 def test_only_paths_under_the_run_token_are_served(tmp_path: Path) -> None:
     path = wheel_file(tmp_path / "served", "pika-1.3.2-py3-none-any.whl")
     with WheelServer(LOOPBACK) as server:
@@ -444,20 +466,21 @@ def test_a_server_that_never_answers_is_given_up(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def trickling_server() -> Iterator[str]:
-    """A server that answers every request with one byte a tenth of a second, forever."""
+def one_answer_server(body: bytes, *, trickle: bool = False) -> Iterator[str]:
+    """A server that answers one request saying 100 MB come, then sends ``body`` and closes;
+    or, with ``trickle``, sends one byte a tenth of a second until the client gives up.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(60)
     stop = threading.Event()
 
     def serve() -> None:
         conn, _ = listener.accept()
-        with conn:
+        with conn, contextlib.suppress(OSError):
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000000\r\n\r\n")
-            with contextlib.suppress(OSError):
-                while not stop.wait(0.1):
-                    conn.sendall(b"x")
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000000\r\n\r\n" + body)
+            while trickle and not stop.wait(0.1):
+                conn.sendall(b"x")
 
     thread = threading.Thread(target=serve)
     thread.start()
@@ -469,12 +492,21 @@ def trickling_server() -> Iterator[str]:
         listener.close()
 
 
+def test_a_download_cut_short_is_refused(tmp_path: Path) -> None:
+    ref = WheelRef("pika-1.3.2-py3-none-any.whl", "a" * 64)
+    body = b"PK\x03\x04 and then nothing"
+    cut = f"closed after {len(body)} of 100000000"
+    with one_answer_server(body) as base, pytest.raises(EnvironmentBuildError, match=cut):
+        WheelStore(tmp_path / "cache").fetch(ref, f"{base}/t0ken/{ref.sha256}/{ref.filename}")
+    assert stored_files(tmp_path / "cache") == []
+
+
 def test_a_download_that_never_ends_is_given_up(tmp_path: Path) -> None:
     ref = WheelRef("pika-1.3.2-py3-none-any.whl", "a" * 64)
     store = WheelStore(tmp_path / "cache", timeout=30.0, max_seconds=1.0)
-    with trickling_server() as base:
+    with one_answer_server(b"", trickle=True) as base:
         started = time.monotonic()
-        with pytest.raises(EnvironmentBuildError, match="1 s"):
+        with pytest.raises(EnvironmentBuildError, match="not done after 1 s"):
             store.fetch(ref, f"{base}/t0ken/{ref.sha256}/{ref.filename}")
     assert time.monotonic() - started < 60  # bounded, far below the per-read timeout's reach
     assert stored_files(tmp_path / "cache") == []
