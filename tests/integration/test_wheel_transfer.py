@@ -42,7 +42,7 @@ LOOPBACK = ListenAddress("127.0.0.1", 0)
 
 # An agent: reads a wheel set (JSON) on stdin, fetches it into its store, prints what it got.
 AGENT = """
-import json, resource, sys
+import json, re, sys
 from pathlib import Path
 from envbisect.errors import EnvironmentBuildError
 from envbisect.wheelcache import WheelStore
@@ -53,7 +53,8 @@ try:
     paths = WheelStore(Path(sys.argv[1])).fetch_set(wheels)
 except EnvironmentBuildError as exc:
     sys.exit(f"agent: {exc}")
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, not ru_maxrss: that one keeps the forking parent's resident size across exec.
+rss = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1])
 print(json.dumps({"paths": [str(p) for p in paths], "max_rss_kib": rss}))
 """
 
