@@ -203,3 +203,15 @@ def _masked_assignment(match: re.Match[str]) -> str:
     secret = match["secret"]
     quote = secret[0] if len(secret) > 1 and secret[0] in "'\"" and secret[-1] == secret[0] else ""
     return f"{match['keep']}{quote}{MASK}{quote}"
+
+
+def mask_url_path(url: str) -> str:
+    """``url`` fit to print when its path or query may hold a secret (a per-run token, a
+    signature): the password, every path segment but the last, and the query become ``***``.
+    """
+    parts = urllib.parse.urlsplit(mask(url))
+    head, _, last = parts.path.rpartition("/")
+    path = f"/***/{last}" if head.strip("/") else parts.path
+    return urllib.parse.urlunsplit(
+        parts._replace(path=path, query="***" if parts.query else "", fragment="")
+    )
