@@ -29,11 +29,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
 from envbisect import processes
 from envbisect.errors import EnvironmentBuildError, InputError, TimeLimitError
+from envbisect.inputs import read_requirement_file
 from envbisect.probes.base import TrialEnv, isolated_environ
 
 # Seconds an installer command may take (fetching from a slow index included).
@@ -260,11 +260,16 @@ class UvInstaller(Installer):
         # until none is left (~50 ms a query once uv's cache holds the index page).
         low, high = sorted(within, key=Version)
         pre = Version(low).is_prerelease or Version(high).is_prerelease
-        scratch.mkdir(parents=True, exist_ok=True)
         query, answer = scratch / "release-query.in", scratch / "release-answer.txt"
         found: list[str] = []
         while True:
-            query.write_text(f"{name}>={low},<={high}{''.join(f',!={v}' for v in found)}\n")
+            spec = f"{name}>={low},<={high}{''.join(f',!={v}' for v in found)}\n"
+            try:
+                scratch.mkdir(parents=True, exist_ok=True)
+                query.write_text(spec)
+                answer.unlink(missing_ok=True)
+            except OSError as exc:
+                raise EnvironmentBuildError.from_os_error(f"writing {query}", exc) from exc
             argv = [
                 self.uv,
                 "pip",
@@ -285,14 +290,13 @@ class UvInstaller(Installer):
                 str(answer),
                 str(query),
             ]
-            answer.unlink(missing_ok=True)
             try:
                 output = self._run(f"listing the releases of {name}", argv, self._env())
             except InstallerError as exc:
                 if found and "No solution found" in exc.output:
                     return found  # every release in range is listed
                 raise
-            version = _pinned(answer.read_text() if answer.exists() else "")
+            version = _pinned(answer)
             if version is None or version in found:
                 raise InstallerError(
                     f"listing the releases of {name}", "uv named no new version", output
@@ -552,18 +556,13 @@ PIP_TOOLS = "pip-tools>=7.4"
 TOOL_STAMP = ".envbisect-tool"
 
 
-def _pinned(output: str) -> str | None:
-    """The version of the one ``name==version`` line of a resolver's output."""
-    for line in output.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            try:
-                specifiers = list(Requirement(line.strip()).specifier)
-            except InvalidRequirement:
-                return None
-            if len(specifiers) == 1 and specifiers[0].operator == "==":
-                return specifiers[0].version
-            return None
-    return None
+def _pinned(answer: Path) -> str | None:
+    """The version a resolver's output file pins its one package to, if it does."""
+    try:
+        lines = read_requirement_file(answer).lines
+    except InputError:  # no file, or nothing in it
+        return None
+    return next((line.pinned_version for line in lines if line.name), None)
 
 
 #: The installer backends by ``--installer`` name (the benchmark registers its baselines).

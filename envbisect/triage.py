@@ -384,9 +384,9 @@ class _Runner:
         assert change.good is not None and change.bad is not None
         good, bad = change.good.version, change.bad.version
         ends = (good, bad)
-        installer = self.sources.installer
+        backend = self.sources.installer
         try:
-            available = installer.releases(
+            available = backend.releases(
                 change.display_name,
                 self.bad.interpreter.executable,
                 ends,
@@ -396,10 +396,13 @@ class _Runner:
         except InvalidVersion:
             note = f"{good} or {bad} is not a PEP 440 version"
             return Narrowing(change, ends, (), None, None, note=note)
+        except TimeLimitError:
+            note = "--max-time reached while listing its releases"
+            return Narrowing(change, ends, (), None, None, note=note)
         except InstallerError as exc:
             # The reason may quote an index URL, with its credentials.
             note = mask_urls(
-                f"{installer.name} listed no release of {change.display_name}: {exc.reason}"
+                f"{backend.name} listed no release of {change.display_name}: {exc.reason}"
             )
             return Narrowing(change, ends, (), None, None, note=note)
         self.observer.say(
