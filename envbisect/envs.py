@@ -392,28 +392,8 @@ class PipInstaller(Installer):
             env["PIP_NO_INDEX"] = "1"
         return env
 
-    def create(self, path: Path, python: Path, *, seed: bool = False) -> None:
-        """An empty virtualenv (``seed``: with pip, for a tool env)."""
-        from virtualenv import cli_run
-
-        # virtualenv reads its settings from the environment and its own config file:
-        # neither may give a trial env the system's packages or a seeded pip.
-        env = isolated_environ() | {"VIRTUALENV_CONFIG_FILE": os.devnull}
-        try:
-            cli_run(
-                [
-                    str(path),
-                    "--python",
-                    str(python),
-                    *([] if seed else ["--no-seed"]),
-                    "--no-periodic-update",
-                    "--quiet",
-                ],
-                setup_logging=False,
-                env=env,
-            )
-        except (RuntimeError, OSError, SystemExit) as exc:
-            raise EnvironmentBuildError(f"creating a virtualenv at {path} failed: {exc}") from exc
+    def create(self, path: Path, python: Path) -> None:
+        _virtualenv(path, python, seed=False)
 
     def install(self, env: Path, wheels: Sequence[Path]) -> None:
         if wheels:
@@ -474,7 +454,7 @@ class PipInstaller(Installer):
         except OSError as exc:
             raise EnvironmentBuildError.from_os_error(f"creating {tool}", exc) from exc
         try:
-            self.create(staging / "env", python, seed=True)
+            _virtualenv(staging / "env", python, seed=True)
             self._run(
                 f"installing pip-tools for {python}",
                 [
@@ -554,6 +534,30 @@ class PipInstaller(Installer):
 #: What the tool env that resolves for another Python holds, and the file that says it is whole.
 PIP_TOOLS = "pip-tools>=7.4"
 TOOL_STAMP = ".envbisect-tool"
+
+
+def _virtualenv(path: Path, python: Path, *, seed: bool) -> None:
+    """A virtualenv from ``python``: empty, or (``seed``) with pip, for a tool env."""
+    from virtualenv import cli_run
+
+    # virtualenv reads settings from the environment and from its own config file:
+    # neither may give a trial env the system's packages or a seeded pip.
+    env = isolated_environ() | {"VIRTUALENV_CONFIG_FILE": os.devnull}
+    try:
+        cli_run(
+            [
+                str(path),
+                "--python",
+                str(python),
+                *([] if seed else ["--no-seed"]),
+                "--no-periodic-update",
+                "--quiet",
+            ],
+            setup_logging=False,
+            env=env,
+        )
+    except (RuntimeError, OSError, SystemExit) as exc:
+        raise EnvironmentBuildError(f"creating a virtualenv at {path} failed: {exc}") from exc
 
 
 def _pinned(answer: Path) -> str | None:
