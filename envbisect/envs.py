@@ -3,12 +3,19 @@
 A trial env is always built the same way (:meth:`Workspace.build`): create an
 empty virtualenv from the target interpreter, then install an exact list of
 wheel files with no dependency resolution and no network. The installer
-backends also resolve an unpinned good set and fetch the wheels the bad env
-cannot provide. Every command runs through :mod:`envbisect.processes`.
+backends also resolve an unpinned good set, fetch the wheels the bad env
+cannot provide and list a package's releases (``--narrow``), each for the
+target interpreter and with the user's own pip or uv configuration (indexes,
+find-links, credentials); only building envs from local wheel files ignores
+it. Every command runs through :mod:`envbisect.processes`, in an environment
+without the variables that would break isolation
+(:data:`envbisect.probes.base.DROPPED_VARIABLES`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import stat
@@ -22,9 +29,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.version import Version
+
 from envbisect import processes
 from envbisect.errors import EnvironmentBuildError, InputError, TimeLimitError
-from envbisect.probes.base import TrialEnv
+from envbisect.inputs import read_requirement_file
+from envbisect.probes.base import TrialEnv, isolated_environ
 
 # Seconds an installer command may take (fetching from a slow index included).
 INSTALL_TIMEOUT = 1800.0
@@ -73,7 +83,18 @@ class Installer(ABC):
 
     @abstractmethod
     def install_requirements(self, env: Path, requirements: Path) -> None:
-        """Install a pinned requirements file as it stands (no deps): materialise a frozen set."""
+        """Install a requirements file as it stands (no deps): materialise a frozen set."""
+
+    @abstractmethod
+    def releases(
+        self, name: str, python: Path, within: tuple[str, str], scratch: Path
+    ) -> list[str]:
+        """Versions of ``name`` the configured indexes (and find-links) offer for ``python``.
+
+        At least every one between the two versions of ``within`` (both included when
+        offered); yanked releases are left out. Raises :class:`InstallerError` when
+        none can be listed (``scratch``: a directory for query files).
+        """
 
     #: Whether :meth:`sync` can turn an existing env into another set (else: build afresh).
     can_sync: bool = False
@@ -113,6 +134,7 @@ class InstallerError(EnvironmentBuildError):
     def __init__(self, what: str, reason: str, output: str) -> None:
         super().__init__(f"{what} failed: {reason}", disk_full=_disk_full(output))
         self.reason = reason
+        self.output = output
 
 
 def _disk_full(text: str) -> bool:
@@ -170,8 +192,7 @@ class UvInstaller(Installer):
         self.uv = find_uv_bin()
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("VIRTUAL_ENV", None)
+        env = isolated_environ()
         env.update(
             UV_CACHE_DIR=str(self.cache_dir / "uv"),
             UV_PYTHON_DOWNLOADS="never",
@@ -218,7 +239,6 @@ class UvInstaller(Installer):
             "pip",
             "compile",
             "--quiet",
-            "--no-config",
             "--no-header",
             "--no-annotate",
             "--python",
@@ -232,6 +252,57 @@ class UvInstaller(Installer):
             argv[4:4] = ["--no-index", "--offline"]
         self._run(f"resolving {requirements}", argv, self._env())
 
+    def releases(
+        self, name: str, python: Path, within: tuple[str, str], scratch: Path
+    ) -> list[str]:
+        # uv lists no versions, but resolves one with the user's indexes, index strategy
+        # and credentials: ask for the highest release in range, then again without it,
+        # until none is left (~50 ms a query once uv's cache holds the index page).
+        low, high = sorted(within, key=Version)
+        pre = Version(low).is_prerelease or Version(high).is_prerelease
+        query, answer = scratch / "release-query.in", scratch / "release-answer.txt"
+        found: list[str] = []
+        while True:
+            spec = f"{name}>={low},<={high}{''.join(f',!={v}' for v in found)}\n"
+            try:
+                scratch.mkdir(parents=True, exist_ok=True)
+                query.write_text(spec)
+                answer.unlink(missing_ok=True)
+            except OSError as exc:
+                raise EnvironmentBuildError.from_os_error(f"writing {query}", exc) from exc
+            argv = [
+                self.uv,
+                "pip",
+                "compile",
+                "--quiet",
+                "--no-header",
+                "--no-annotate",
+                "--no-deps",
+                "--resolution",
+                "highest",
+                "--prerelease",
+                "allow" if pre else "disallow",
+                "--python",
+                str(python),
+                *self._links(),
+                *(["--no-index"] if self.offline else []),
+                "--output-file",
+                str(answer),
+                str(query),
+            ]
+            try:
+                output = self._run(f"listing the releases of {name}", argv, self._env())
+            except InstallerError as exc:
+                if found and "No solution found" in exc.output:
+                    return found  # every release in range is listed
+                raise
+            version = _pinned(answer)
+            if version is None or version in found:
+                raise InstallerError(
+                    f"listing the releases of {name}", "uv named no new version", output
+                )
+            found.append(version)
+
     def fetch(self, pins: Sequence[str], target: Path, python: Path, find_links: Path) -> None:
         self._run(
             f"fetching {', '.join(pins)}",
@@ -240,7 +311,6 @@ class UvInstaller(Installer):
                 "pip",
                 "install",
                 "--quiet",
-                "--no-config",
                 "--no-deps",
                 "--python",
                 str(python),
@@ -283,7 +353,6 @@ class UvInstaller(Installer):
                 "pip",
                 "install",
                 "--quiet",
-                "--no-config",
                 "--no-deps",
                 "--python",
                 str(env / "bin" / "python"),
@@ -296,7 +365,12 @@ class UvInstaller(Installer):
 
 
 class PipInstaller(Installer):
-    """virtualenv + pip (run from envbisect's env with ``--python``), pip-tools to resolve."""
+    """virtualenv + pip (run from envbisect's env with ``--python``), pip-tools to resolve.
+
+    pip-tools resolves for the interpreter it runs on, and cannot be told another
+    (pip-tools #1124): for a target other than envbisect's own Python, pip-compile runs
+    in a tool env of the target Python, made once under the cache dir and reused.
+    """
 
     name = "pip"
 
@@ -312,30 +386,14 @@ class PipInstaller(Installer):
         ]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("VIRTUAL_ENV", None)
+        env = isolated_environ()
         env["PIP_CACHE_DIR"] = str(self.cache_dir / "pip")
         if self.offline:
             env["PIP_NO_INDEX"] = "1"
         return env
 
     def create(self, path: Path, python: Path) -> None:
-        from virtualenv import cli_run
-
-        try:
-            cli_run(
-                [
-                    str(path),
-                    "--python",
-                    str(python),
-                    "--no-seed",
-                    "--no-periodic-update",
-                    "--quiet",
-                ],
-                setup_logging=False,
-            )
-        except (RuntimeError, OSError, SystemExit) as exc:
-            raise EnvironmentBuildError(f"creating a virtualenv at {path} failed: {exc}") from exc
+        _virtualenv(path, python, seed=False)
 
     def install(self, env: Path, wheels: Sequence[Path]) -> None:
         if wheels:
@@ -356,7 +414,7 @@ class PipInstaller(Installer):
         self, requirements: Path, output: Path, python: Path, find_links: Path, offline: bool
     ) -> None:
         argv = [
-            sys.executable,
+            str(self._compiler(python)),
             "-m",
             "piptools",
             "compile",
@@ -372,6 +430,74 @@ class PipInstaller(Installer):
         if offline:
             argv.insert(4, "--no-index")
         self._run(f"resolving {requirements}", argv, self._env())
+
+    def _compiler(self, python: Path) -> Path:
+        """The Python that runs pip-compile for ``python``: envbisect's own for its own
+        interpreter, else the tool env of ``python`` (made on first use)."""
+        target = python.resolve()
+        if target == Path(getattr(sys, "_base_executable", sys.executable)).resolve():
+            return Path(sys.executable)
+        digest = hashlib.sha256(str(target).encode()).hexdigest()[:16]
+        tool = self.cache_dir / "tools" / f"pip-tools-{digest}"
+        ready = tool / TOOL_STAMP
+        if ready.is_file():
+            return tool / "bin" / "python"
+        if self.offline:
+            raise EnvironmentBuildError(
+                f"resolving the good set for {python} needs pip-tools installed for that "
+                f"Python, and --offline keeps the index out: run once without --offline "
+                f"(it is made once, in {tool}), or use --installer uv"
+            )
+        try:
+            tool.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=tool.parent))
+        except OSError as exc:
+            raise EnvironmentBuildError.from_os_error(f"creating {tool}", exc) from exc
+        try:
+            _virtualenv(staging / "env", python, seed=True)
+            self._run(
+                f"installing pip-tools for {python}",
+                [
+                    str(staging / "env" / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    PIP_TOOLS,
+                ],
+                self._env(),
+            )
+            (staging / "env" / TOOL_STAMP).write_text(f"{PIP_TOOLS}\n")
+            if tool.exists() and not ready.is_file():
+                _remove_tree(tool)  # a leftover without its stamp
+            try:
+                (staging / "env").rename(tool)  # whole or not at all
+            except OSError:
+                if not ready.is_file():  # else another run made it meanwhile
+                    raise
+        except OSError as exc:
+            raise EnvironmentBuildError.from_os_error(f"creating {tool}", exc) from exc
+        finally:
+            _remove_tree(staging)
+        return tool / "bin" / "python"
+
+    def releases(
+        self, name: str, python: Path, within: tuple[str, str], scratch: Path
+    ) -> list[str]:
+        output = self._run(
+            f"listing the releases of {name}",
+            self._pip(python, "index", "versions", name, "--json", "--pre", *self._links()),
+            self._env(),
+        )
+        # Warnings come first, one per line; the answer is one JSON object.
+        for line in reversed(output.splitlines()):
+            if line.startswith("{"):
+                try:
+                    return [str(v) for v in json.loads(line)["versions"]]
+                except (ValueError, KeyError, TypeError):
+                    break
+        raise InstallerError(f"listing the releases of {name}", "pip gave no answer", output)
 
     def fetch(self, pins: Sequence[str], target: Path, python: Path, find_links: Path) -> None:
         self._run(
@@ -403,6 +529,44 @@ class PipInstaller(Installer):
             ),
             self._env(),
         )
+
+
+#: What the tool env that resolves for another Python holds, and the file that says it is whole.
+PIP_TOOLS = "pip-tools>=7.4"
+TOOL_STAMP = ".envbisect-tool"
+
+
+def _virtualenv(path: Path, python: Path, *, seed: bool) -> None:
+    """A virtualenv from ``python``: empty, or (``seed``) with pip, for a tool env."""
+    from virtualenv import cli_run
+
+    # virtualenv reads settings from the environment and from its own config file:
+    # neither may give a trial env the system's packages or a seeded pip.
+    env = isolated_environ() | {"VIRTUALENV_CONFIG_FILE": os.devnull}
+    try:
+        cli_run(
+            [
+                str(path),
+                "--python",
+                str(python),
+                *([] if seed else ["--no-seed"]),
+                "--no-periodic-update",
+                "--quiet",
+            ],
+            setup_logging=False,
+            env=env,
+        )
+    except (RuntimeError, OSError, SystemExit) as exc:
+        raise EnvironmentBuildError(f"creating a virtualenv at {path} failed: {exc}") from exc
+
+
+def _pinned(answer: Path) -> str | None:
+    """The version a resolver's output file pins its one package to, if it does."""
+    try:
+        lines = read_requirement_file(answer).lines
+    except InputError:  # no file, or nothing in it
+        return None
+    return next((line.pinned_version for line in lines if line.name), None)
 
 
 #: The installer backends by ``--installer`` name (the benchmark registers its baselines).

@@ -114,6 +114,7 @@ class RequirementLine:
     origin: str  #: "file (line N)", as pip reports it
     hashes: tuple[str, ...] = ()
     editable: bool = False
+    link: str | None = None  #: what pip installs, for an editable, URL, VCS or path line
 
     @property
     def name(self) -> NormalizedName | None:
@@ -127,6 +128,18 @@ class RequirementLine:
         specs = list(self.requirement.specifier)
         if len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version:
             return specs[0].version
+        return None
+
+    @property
+    def direct_reference(self) -> str | None:
+        """The line as an installer takes it, for an editable, URL, VCS or path requirement
+        (a relative path means what it means to pip and uv: from the working directory)."""
+        if self.editable and self.link:
+            return f"-e {self.link}"
+        if self.requirement is not None and self.requirement.url:
+            return str(self.requirement)
+        if self.requirement is None and self.link:
+            return self.link
         return None
 
 
@@ -391,4 +404,5 @@ def _requirement_line(parsed: object) -> RequirementLine:
         origin=origin,
         hashes=hashes,
         editable=bool(getattr(parsed, "editable", False)),
+        link=str(link.url) if link is not None else None,
     )

@@ -1,24 +1,21 @@
 """Version narrowing: which release between a culprit's good and bad version broke it.
 
 When the culprit is a version change a → b of one package, its releases
-strictly between a and b are listed (by pip, ``pip index versions``: your pip
-configuration's indexes plus ``--find-links`` dirs; yanked releases are left
-out, and pre-releases unless an end is one), ordered from a towards b, and
+strictly between a and b are listed by the run's installer, for the target
+interpreter and with the user's configuration (see
+:meth:`envbisect.envs.Installer.releases`; yanked releases are left out, and
+pre-releases unless an end is one), ordered from a towards b, and
 binary-searched with the rest of the environment fixed (see
 :func:`envbisect.search.first_failing`). The first release that fails is named.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from envbisect import processes
 from envbisect.delta import Change
 from envbisect.search import Outcome
 
@@ -80,48 +77,3 @@ def versions_between(available: Sequence[str], good: str, bad: str) -> list[str]
             inside.setdefault(version, text)
     ordered = [inside[v] for v in sorted(inside, reverse=Version(good) > Version(bad))]
     return [good, *ordered, bad]
-
-
-def available_versions(
-    name: str,
-    python_version: str,
-    find_links: Sequence[Path],
-    log: Path,
-    *,
-    offline: bool = False,
-    timeout: float = 300.0,
-) -> list[str]:
-    """Releases of ``name`` installable on ``python_version`` (pre-releases included).
-
-    ``offline``: the ``find_links`` dirs only, no index. Empty when nothing can be
-    asked (the log then says why); pip's answer is its ``--json`` line.
-    """
-    argv = [
-        sys.executable,
-        "-m",
-        "pip",
-        "index",
-        "versions",
-        name,
-        "--json",
-        "--pre",
-        "--disable-pip-version-check",
-        "--python-version",
-        python_version,
-        *[arg for path in find_links for arg in ("--find-links", str(path))],
-        *(["--no-index"] if offline else []),
-    ]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    done = processes.run(argv, log=log, timeout=max(timeout, 1.0))
-    if done.returncode != 0:
-        return []
-    log.unlink(missing_ok=True)  # kept only to explain an empty answer
-    # The output holds pip's warnings too (one per line); the answer is one JSON object.
-    for line in reversed(done.output.splitlines()):
-        if line.startswith("{"):
-            try:
-                versions = json.loads(line)["versions"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            return [str(v) for v in versions]
-    return []

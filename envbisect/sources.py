@@ -5,12 +5,15 @@ installed; a lock (``uv.lock``, ``pylock.toml``) or a frozen requirements file
 is first installed as it stands (no dependency resolution) into a scratch env,
 then read the same way. The good side is read the same way when it is a live
 env, a lock or a hash-pinned requirements file; any other requirements file is
-resolved to exact pins preferring the bad side's versions (the pins are
-offered to the resolver as its existing output), offline from the bad side's
-wheels first and from the index only when that cannot satisfy it; versions the
-bad side does not have are fetched once and repacked too. A bad-side package
-that is locally modified (its files differ from its RECORD) is never the good
-side's: the good side gets the clean release from the index.
+resolved, for the bad side's interpreter, to exact pins preferring the bad
+side's versions (the pins are offered to the resolver as its existing output),
+offline from the bad side's wheels first and from the index only when that
+cannot satisfy it; versions the bad side does not have are fetched once and
+repacked too. Its direct references (editable, URL, VCS and path lines) are
+resolved with it (their dependencies too), installed as they are into a
+scratch env and read and repacked like a live env's distributions.
+A bad-side package that is locally modified (its files differ from its RECORD)
+is never the good side's: the good side gets the clean release from the index.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ class Sources:
         requirements = read_requirement_file(path)
         if requirements.pinned and all(line.hashes for line in requirements.lines):
             return self._materialise(path, bad.interpreter, "good")
-        pins = self._resolve(requirements, bad)
+        pins, direct = self._resolve(requirements, bad)
         same = {
             name: bad.packages[name]
             for name, version in pins.items()
@@ -125,6 +128,7 @@ class Sources:
         reused = {name: package for name, package in same.items() if not package.local_changes}
         missing = [f"{name}=={version}" for name, version in pins.items() if name not in reused]
         fetched = self._fetch_clean(missing, [p for p in same.values() if p.local_changes], bad)
+        fetched.update(self._install_direct(path, direct, bad.interpreter) if direct else {})
         packages = {**reused, **{name: pkg for name, (pkg, _) in fetched.items()}}
         wheels = {name: bad.wheels[name] for name in reused}
         wheels.update({name: wheel for name, (_, wheel) in fetched.items()})
@@ -199,7 +203,10 @@ class Sources:
         executable = python or Path(getattr(sys, "_base_executable", sys.executable))
         return interpreter_from(query_interpreter(executable, label=str(executable)))
 
-    def _resolve(self, requirements: RequirementFile, bad: Side) -> dict[NormalizedName, str]:
+    def _resolve(
+        self, requirements: RequirementFile, bad: Side
+    ) -> tuple[dict[NormalizedName, str], list[str]]:
+        """The resolved good set: ``name==version`` pins, and the direct references kept."""
         output = self.workspace.scratch("resolve") / "good.txt"
         # The resolver keeps pins already in its output file where it can: the bad side's.
         output.write_text(
@@ -232,8 +239,32 @@ class Sources:
             for line in resolved.lines
             if line.name is not None and line.pinned_version is not None
         }
-        self.say(f"resolved {requirements.path} to {len(pins)} pins")
-        return pins
+        direct = [ref for line in resolved.lines if (ref := line.direct_reference) is not None]
+        more = f" and {len(direct)} direct reference(s)" if direct else ""
+        self.say(f"resolved {requirements.path} to {len(pins)} pins{more}")
+        return pins, direct
+
+    def _install_direct(
+        self, path: Path, references: list[str], interpreter: Interpreter
+    ) -> dict[NormalizedName, tuple[Package, Path]]:
+        """Install direct references as they are (no deps) into a scratch env, repack them.
+
+        An editable one stays editable: its repacked wheel points at its source.
+        """
+        listing = self.workspace.scratch("direct") / "good.txt"
+        listing.write_text("".join(f"{reference}\n" for reference in references))
+        scratch = self.workspace.scratch("good-direct-env")
+        self.installer.create(scratch, interpreter.executable)
+        try:
+            self.installer.install_requirements(scratch, listing)
+        except EnvironmentBuildError as exc:
+            raise EnvironmentBuildError(f"{path}: {exc}", disk_full=exc.disk_full) from exc
+        dists = read_venv(scratch).distributions
+        self.say(f"installed {', '.join(d.pin for d in dists.values())} from {path} as written")
+        return {
+            name: (_package(dist), wheel.path)
+            for name, (dist, wheel) in self._repack(dists.values(), interpreter).items()
+        }
 
     def fetch(
         self, pins: list[str], interpreter: Interpreter

@@ -30,10 +30,10 @@ from packaging.version import InvalidVersion
 from envbisect import processes
 from envbisect.broker import BrokerClient
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
-from envbisect.envs import BuildTimings, Workspace, installer
+from envbisect.envs import BuildTimings, InstallerError, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.masking import mask_urls
-from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
+from envbisect.narrow import Narrowing, Tried, versions_between
 from envbisect.outcomes import OutcomeCache, run_context
 from envbisect.private_broker import Mode, PrivateBroker, check_client, plan
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
@@ -447,22 +447,26 @@ class _Runner:
         assert change.good is not None and change.bad is not None
         good, bad = change.good.version, change.bad.version
         ends = (good, bad)
-        log = self.options.cache_dir / "logs" / f"pip-index-{self.run_token}-{change.name}.log"
-        available = available_versions(
-            change.display_name,
-            self.bad.interpreter.version,
-            self.options.find_links,
-            log,
-            offline=self.options.offline,
-            timeout=min(300.0, self.limits.left()),
-        )
-        if not available:
-            note = f"pip index versions listed no release of {change.display_name} (see {log})"
-            return Narrowing(change, ends, (), None, None, note=note)
+        backend = self.sources.installer
         try:
+            available = backend.releases(
+                change.display_name,
+                self.bad.interpreter.executable,
+                ends,
+                self.workspace.scratch(f"releases-{change.name}"),
+            )
             line = versions_between(available, good, bad)
         except InvalidVersion:
             note = f"{good} or {bad} is not a PEP 440 version"
+            return Narrowing(change, ends, (), None, None, note=note)
+        except TimeLimitError:
+            note = "--max-time reached while listing its releases"
+            return Narrowing(change, ends, (), None, None, note=note)
+        except InstallerError as exc:
+            # The reason may quote an index URL, with its credentials.
+            note = mask_urls(
+                f"{backend.name} listed no release of {change.display_name}: {exc.reason}"
+            )
             return Narrowing(change, ends, (), None, None, note=note)
         self.observer.say(
             f"narrowing {change.describe()}: {len(line) - 2} release(s) between, "

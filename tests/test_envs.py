@@ -9,6 +9,7 @@ import pytest
 
 from envbisect.envs import InstallerError, UvInstaller, _summary
 from envbisect.errors import TimeLimitError
+from envbisect.probes.base import isolated_environ
 
 
 def test_max_time_stops_an_installer_command(tmp_path: Path) -> None:
@@ -55,3 +56,16 @@ def test_installer_logs_do_not_pile_up(tmp_path: Path) -> None:
 )
 def test_summary_says_why(output: str, summary: str) -> None:
     assert _summary(output).startswith(summary)
+
+
+def test_the_dropped_variables_are_dropped_and_the_rest_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in ("PYTHONPATH", "UV_CONSTRAINT", "PIP_TARGET", "VIRTUALENV_SEEDER", "CONDA_PREFIX"):
+        monkeypatch.setenv(key, "x")
+    for key in ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_CONFIG_FILE", "SSL_CERT_FILE", "HOME"):
+        monkeypatch.setenv(key, "kept")
+    env = isolated_environ()
+    assert not {"PYTHONPATH", "UV_CONSTRAINT", "PIP_TARGET", "VIRTUALENV_SEEDER"} & set(env)
+    assert "CONDA_PREFIX" not in env
+    assert all(env[key] == "kept" for key in ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_CONFIG_FILE"))

@@ -13,6 +13,7 @@ from envbisect.inputs import read_requirement_file, read_venv
 
 
 def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
@@ -31,6 +32,29 @@ def test_pinned_and_unpinned_lines_with_includes_and_hashes(tmp_path: Path) -> N
     assert dramatiq.pinned_version is None
     assert dramatiq.requirement is not None and dramatiq.requirement.extras == {"rabbitmq"}
     assert not parsed.pinned
+
+
+def test_direct_references_are_kept_as_an_installer_takes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for project in ("ops-core", "local"):
+        write(tmp_path / project / "pyproject.toml", "")
+    req = write(
+        tmp_path / "good.txt",
+        "-e ./ops-core\n"
+        "./local\n"
+        "ops-core @ https://example.invalid/ops_core-0.3.0-py3-none-any.whl\n"
+        "-e git+https://example.invalid/ops-core.git@v1#egg=ops-core\n"
+        "pika>=1\n",
+    )
+    assert [line.direct_reference for line in read_requirement_file(req).lines] == [
+        "-e ./ops-core",  # relative: what pip and uv make of it, from the working directory
+        (tmp_path / "local").as_uri(),
+        "ops-core @ https://example.invalid/ops_core-0.3.0-py3-none-any.whl",
+        "-e git+https://example.invalid/ops-core.git@v1#egg=ops-core",
+        None,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ so the worker restarts its consumer forever and never runs an actor.
 from __future__ import annotations
 
 import json
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import pytest
 
 from envbisect.cli import main
 from envbisect.errors import ExitCode
-from envbisect.narrow import available_versions, versions_between
 
 from ..conftest import ROOT
 
@@ -155,27 +153,6 @@ def test_run_takes_lock_files_on_both_sides(
         "pika 1.4.4 → 0.12.0 (downgrade; pulled in by dramatiq 2.2.1)"
     ]
     assert report["culprits"][0]["narrowed"] is None
-
-
-def test_releases_are_listed_from_the_index_and_find_links_dirs(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    for version in ("1.0.0", "1.1.0", "1.2.0rc1", "1.2.0"):
-        (wheels / f"envbisect_line_fixture-{version}-py3-none-any.whl").touch()
-    python = ".".join(map(str, sys.version_info[:3]))
-    local = available_versions("envbisect-line-fixture", python, [wheels], tmp_path / "pip.log")
-    assert sorted(local) == ["1.0.0", "1.1.0", "1.2.0", "1.2.0rc1"]
-    assert versions_between(local, "1.2.0", "1.0.0") == ["1.2.0", "1.1.0", "1.0.0"]
-    pika = available_versions("pika", python, [], tmp_path / "pip.log")
-    assert {"1.0.0", "0.13.1", "1.4.4"} <= set(pika)
-    # --offline: the find-links dirs only, never the index.
-    offline = available_versions("pika", python, [wheels], tmp_path / "pip.log", offline=True)
-    assert offline == []
-    assert (tmp_path / "pip.log").exists(), "an empty answer keeps pip's log to say why"
-    here = available_versions(
-        "envbisect-line-fixture", python, [wheels], tmp_path / "pip.log", offline=True
-    )
-    assert sorted(here) == sorted(local)
 
 
 @pytest.mark.parametrize(("command", "code"), [("run", ExitCode.BAD_PASSES), ("gate", ExitCode.OK)])
