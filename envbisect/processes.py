@@ -231,14 +231,14 @@ def stop_all(grace: float = 0.5) -> None:
 
 
 def shutdown() -> None:
-    """Refuse new children from now on and stop the running ones (on SIGINT/SIGTERM)."""
+    """Refuse new children from now on and stop the running ones (on SIGINT/SIGTERM/SIGHUP)."""
     _STOPPING.set()
     for child in _REGISTRY.snapshot():
         _signal_group(child.pid, signal.SIGKILL)
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwind through every cleanup, then exit."""
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind through every cleanup, then exit."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -250,7 +250,7 @@ _DEFERRED: list[int] = []
 
 
 def interrupt(signum: int) -> None:
-    """Act on SIGINT/SIGTERM (called by the signal handler): stop every child, then raise
+    """Act on SIGINT/SIGTERM/SIGHUP (the signal handler): stop every child, then raise
     :class:`Interrupted` — at the end of the clean-up under way, if there is one."""
     shutdown()
     if _CLEANING[0]:

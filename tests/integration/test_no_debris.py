@@ -168,8 +168,8 @@ def live(groups: set[int]) -> set[int]:
 
 @pytest.mark.parametrize(
     ("sig", "first_trial"),
-    [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 3)],
-    ids=["SIGINT-sanity", "SIGTERM-sanity", "SIGINT-search"],
+    [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGHUP, 1), (signal.SIGINT, 3)],
+    ids=["SIGINT-sanity", "SIGTERM-sanity", "SIGHUP-sanity", "SIGINT-search"],
 )
 def test_interrupt_while_a_stalled_worker_runs(
     start: Callable[..., Run],
