@@ -543,11 +543,21 @@ class Workspace:
             raise EnvironmentBuildError.from_os_error(f"creating {path}", exc) from exc
         return path
 
-    def close(self) -> None:
-        """Wait for pending removals; remove the workspace unless keeping envs."""
+    def close(self) -> str | None:
+        """Wait for pending removals; remove the workspace unless keeping envs.
+
+        A removal that fails is returned as one line (what is left, and why), not
+        raised: the run's verdict must not be lost to its clean-up.
+        """
         self._remover.shutdown(wait=True)
-        if not self.keep:
+        if self.keep:
+            return None
+        try:
             remove_tree(self.root)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return f"could not remove {self.root}: {exc.strerror or exc}{where}"
+        return None
 
 
 def remove_tree(path: Path) -> None:

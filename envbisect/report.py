@@ -150,6 +150,8 @@ def render(finding: Finding, console: Console) -> None:
     )
     if finding.workspace is not None:
         console.print(f"[dim]envs kept in {finding.workspace}[/dim]")
+    for problem in finding.cleanup_errors:
+        console.print(f"[yellow]clean-up failed:[/yellow] {escape(problem)}", soft_wrap=True)
 
 
 def _headline(finding: Finding) -> str:
@@ -218,6 +220,7 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "trials": [_trial_json(trial, delta) for trial in finding.trials],
         "evidence": None if finding.evidence is None else _evidence_json(finding.evidence),
         "disagreements": [sorted(subset) for subset in finding.disagreements],
+        "cleanup_errors": list(finding.cleanup_errors),
     }
 
 

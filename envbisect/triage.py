@@ -133,6 +133,7 @@ class Finding:
     disagreements: tuple[frozenset[str], ...] = ()
     narrowings: tuple[Narrowing, ...] = ()
     gate: bool = False
+    cleanup_errors: tuple[str, ...] = ()  #: what the run's clean-up could not do (one line each)
 
 
 class Observer(Protocol):
@@ -160,6 +161,7 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     if options.max_time is not None:
         backend.deadline = started + options.max_time
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
+    failed: list[str] = []
     try:
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
         bad = sources.bad(options.bad, options.python)
@@ -173,15 +175,21 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         observer.say(_summary(delta))
         runner = _Runner(options, probe, sources, workspace, good, bad, delta, run_token, observer)
         try:
-            return runner.run(started)
+            finding = runner.run(started)
         finally:
             with processes.cleaning_up():
-                runner.close()
+                failed += runner.close()
     finally:
+        # A clean-up that fails is said, and never takes the place of the verdict (or error).
         with processes.cleaning_up():
             processes.stop_all()
             processes.kill_stragglers(run_token)
-            workspace.close()
+            left = workspace.close()
+        if left is not None:
+            failed.append(left)
+        for problem in failed:
+            observer.say(f"clean-up failed: {problem}")
+    return replace(finding, cleanup_errors=tuple(mask_urls(problem) for problem in failed))
 
 
 def _summary(delta: Delta) -> str:
@@ -237,15 +245,13 @@ class _Runner:
             enabled=options.outcome_cache,
         )
 
-    def close(self) -> None:
-        """Wait for running trials and every clean-up; report clean-up failures."""
+    def close(self) -> list[str]:
+        """Wait for running trials and every clean-up; what failed in the clean-up."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._builder.shutdown(wait=True, cancel_futures=True)
         self._drop_prebuilt(keep=())
         self._cleaner.shutdown(wait=True)
-        for future in self._cleanups:
-            for failure in future.result():
-                self.observer.say(f"clean-up step failed: {failure}")
+        return [str(failure) for future in self._cleanups for failure in future.result()]
 
     def run(self, started: float) -> Finding:
         names = [change.name for change in self.delta.changes]
