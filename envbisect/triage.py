@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,11 +35,13 @@ from envbisect import processes
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
+from envbisect.leftovers import Ledger, Process, RunRecord, sweep
 from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing, Tried, available_versions, versions_between
 from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, TrialEnv
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
 from envbisect.sources import Side, Sources
+from envbisect.watchdog import Watchdog
 from envbisect.wheels import WheelCache
 
 # Adaptive limits: wait this many times the healthy latency, never less than the floor.
@@ -150,6 +154,9 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     """Run the whole procedure; raises :class:`EnvbisectError` on bad input."""
     started = time.monotonic()
     probe.check()
+    for token, removed in sweep(Path(tempfile.gettempdir()), probe.broker).items():
+        problems = "".join(f"; {problem}" for problem in removed.problems)
+        observer.say(f"swept leftovers of dead run {token}: {removed}{problems}")
     run_token = processes.new_run_token()
     backend = installer(
         options.installer,
@@ -161,8 +168,11 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     if options.max_time is not None:
         backend.deadline = started + options.max_time
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
+    ledger = Ledger(workspace.root)
+    watchdog: Watchdog | None = None
     failed: list[str] = []
     try:
+        watchdog = _watch(run_token, workspace, probe, ledger, observer)
         sources = Sources(backend, WheelCache(options.cache_dir), workspace, observer.say)
         bad = sources.bad(options.bad, options.python)
         good = sources.good(options.good, bad)
@@ -173,7 +183,9 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         }
         delta = Delta(good.packages, bad.packages, bad.interpreter.markers, extras)
         observer.say(_summary(delta))
-        runner = _Runner(options, probe, sources, workspace, good, bad, delta, run_token, observer)
+        runner = _Runner(
+            options, probe, sources, workspace, ledger, good, bad, delta, run_token, observer
+        )
         try:
             finding = runner.run(started)
         finally:
@@ -189,7 +201,38 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
             failed.append(left)
         for problem in failed:
             observer.say(f"clean-up failed: {problem}")
+        if watchdog is not None:
+            watchdog.done()
     return replace(finding, cleanup_errors=tuple(mask_urls(problem) for problem in failed))
+
+
+def _watch(
+    token: str, workspace: Workspace, probe: Probe, ledger: Ledger, observer: Observer
+) -> Watchdog | None:
+    """Start the run's watchdog and record the run in its temp dir (see envbisect.leftovers)."""
+    broker = probe.broker
+    keep = workspace.keep
+    try:
+        watchdog = Watchdog.start(token, workspace.root, broker.url if broker else None, keep=keep)
+    except OSError as exc:
+        observer.say(f"no watchdog for this run ({exc.strerror or exc}): a SIGKILL leaves debris")
+        watchdog = None
+    me = Process.of(os.getpid())
+    assert me is not None, "unreachable: this very process is alive"
+    record = RunRecord(
+        token=token,
+        owner=me,
+        watchdog=watchdog.process if watchdog else None,
+        broker=broker.masked if broker else None,
+        keep=keep,
+    )
+    try:
+        ledger.start(record)
+    except OSError as exc:
+        raise EnvironmentBuildError.from_os_error(
+            f"recording the run in {ledger.root}", exc
+        ) from exc
+    return watchdog
 
 
 def _summary(delta: Delta) -> str:
@@ -209,6 +252,7 @@ class _Runner:
         probe: Probe,
         sources: Sources,
         workspace: Workspace,
+        ledger: Ledger,
         good: Side,
         bad: Side,
         delta: Delta,
@@ -218,6 +262,7 @@ class _Runner:
         self.options = options
         self.probe = probe
         self.sources = sources
+        self.ledger = ledger  #: the run's queues, recorded before they are declared
         self.limits = options.limits(time.monotonic())
         # Search trials stop a failing worker after the verdict; the confirmation, whose
         # output is the report's evidence, stops it first (see _confirm_limits).
@@ -637,6 +682,9 @@ class _Runner:
     def _run_probe(self, env: TrialEnv, label: str, limits: Limits, later: Later) -> ProbeResult:
         token = f"{self.run_token}-{label}"
         try:
+            queues = self.probe.queues(token)
+            if queues:
+                self.ledger.add_queues(queues)
             return self.probe.run(env, token, limits, later)
         except OSError as exc:
             # The probe's own files in the trial's scratch dir (module, socket, log):

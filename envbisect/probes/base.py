@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from envbisect.broker import BrokerClient
 from envbisect.masking import mask_urls
 from envbisect.processes import RUN_TOKEN_VAR
 from envbisect.search import Outcome
@@ -160,6 +161,13 @@ class Probe(ABC):
     #: Whether the package set and :meth:`settings` decide the outcome, so it may be
     #: cached; not for a probe that reads files outside the env (a user's command).
     cacheable: bool = True
+    #: The broker its queues live on, if it has any.
+    broker: BrokerClient | None = None
+
+    def queues(self, token: str) -> tuple[str, ...]:
+        """The queues a probe run with ``token`` may declare on :attr:`broker` (recorded
+        before it runs, so that a run killed meanwhile can have them deleted)."""
+        return ()
 
     @abstractmethod
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:

@@ -85,8 +85,11 @@ class ConsumeProbe(Probe):
     def check(self) -> None:
         self.broker.check()
 
+    def queues(self, token: str) -> tuple[str, ...]:
+        return (f"envbisect_{token}",)
+
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
-        queue = f"envbisect_{token}"
+        (queue,) = self.queues(token)
         message_id = str(uuid.uuid4())
         run_dir = trial.run_dir()
         module_dir = run_dir / "probe"
