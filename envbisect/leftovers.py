@@ -147,12 +147,15 @@ def remove_run(
     """
     removed = Removed()
     # Processes first: a live worker would declare its queue again. A worker that was
-    # forking while we looked is caught by the next look.
+    # forking while we looked is caught by the next look (and one not yet dead of the
+    # last SIGKILL is seen again: counted once).
+    killed: set[int] = set()
     for _ in range(20):
-        killed = processes.kill_stragglers(token)
-        if not killed:
+        found = processes.kill_stragglers(token)
+        if not found:
             break
-        removed.processes += len(killed)
+        killed.update(found)
+    removed.processes = len(killed)
     if root is None:
         return removed
     ledger = Ledger(root)

@@ -197,12 +197,12 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
             processes.stop_all()
             processes.kill_stragglers(run_token)
             left = workspace.close()
-        if left is not None:
-            failed.append(left)
-        for problem in failed:
-            observer.say(f"clean-up failed: {problem}")
-        if watchdog is not None:
-            watchdog.done()
+            if left is not None:
+                failed.append(left)
+            for problem in failed:
+                observer.say(f"clean-up failed: {problem}")
+            if watchdog is not None:
+                watchdog.done()
     return replace(finding, cleanup_errors=tuple(mask_urls(problem) for problem in failed))
 
 
