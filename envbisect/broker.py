@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _TIMEOUT = 5  # seconds: connect, handshake, and any single call
+#: Seconds queue deletion keeps trying while the broker is away (a restart, a blip).
+DELETE_PATIENCE = 20.0
 
 # pika and dramatiq log every refused connection at ERROR; we report it ourselves.
 for _noisy in ("pika", "dramatiq"):
@@ -73,8 +76,28 @@ class BrokerClient(ABC):
         """The queue's state, or None when it does not exist or cannot be read."""
 
     @abstractmethod
-    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
-        """Delete the queue and everything dramatiq made for it (and for that worker)."""
+    def delete_once(self, queue: str, *, worker_id: str | None = None) -> int:
+        """Delete the queue and everything dramatiq made for it (and for that worker);
+        how many of the queue, its ``.DQ`` and its ``.XQ`` there were."""
+
+    def delete(
+        self, queue: str, *, worker_id: str | None = None, patience: float = DELETE_PATIENCE
+    ) -> int:
+        """:meth:`delete_once`, tried again while the broker is away, for up to ``patience`` s.
+
+        A broker restarting, or a network blip, must not leave the probe's queues behind;
+        deletion mostly runs after the verdict, off the critical path, so it can wait.
+        """
+        deadline = time.monotonic() + patience
+        pause = 0.25
+        while True:
+            try:
+                return self.delete_once(queue, worker_id=worker_id)
+            except BrokerError:
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def connect(url: str) -> BrokerClient:
@@ -195,15 +218,26 @@ class RabbitClient(BrokerClient):
             return None
         return QueueState(ready=frame.method.message_count, consumers=frame.method.consumer_count)
 
-    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
+    def delete_once(self, queue: str, *, worker_id: str | None = None) -> int:
         import pika.exceptions
 
-        with self._channel() as channel:
-            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                try:
-                    channel.queue_delete(name)  # type: ignore[attr-defined]
-                except pika.exceptions.ChannelClosedByBroker:
-                    channel = _reopen(channel)
+        removed = 0
+        try:
+            with self._channel() as channel:
+                for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                    try:
+                        # Passive first: AMQP's delete does not say whether it existed.
+                        channel.queue_declare(name, passive=True)  # type: ignore[attr-defined]
+                        channel.queue_delete(name)  # type: ignore[attr-defined]
+                        removed += 1
+                    except pika.exceptions.ChannelClosedByBroker:
+                        channel = _reopen(channel)  # no such queue (404)
+        # The connection lost half-way (a broker restart): the caller tries again.
+        except (pika.exceptions.AMQPConnectionError, OSError) as exc:
+            raise BrokerError(
+                f"lost RabbitMQ at {self.masked} while deleting {queue}: {_reason(exc)}"
+            ) from exc
+        return removed
 
 
 def _text(value: object) -> str:

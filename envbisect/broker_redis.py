@@ -73,7 +73,7 @@ class RedisClient(BrokerClient):
             return None
         return QueueState(ready=ready, consumers=-1, unacked=unacked)
 
-    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
+    def delete_once(self, queue: str, *, worker_id: str | None = None) -> int:
         client = self._client()
         if worker_id is not None:
             # A killed worker could not remove its own heartbeat.
@@ -85,8 +85,14 @@ class RedisClient(BrokerClient):
             f"{_NAMESPACE}:{queue}{suffix}"
             for suffix in ("", ".msgs", ".DQ", ".DQ.msgs", ".XQ", ".XQ.msgs")
         ]
+        # A queue is a list of message ids plus a hash of the messages: either counts.
+        removed = sum(
+            bool(self._call("read", lambda key=key: client.exists(key, f"{key}.msgs")))  # type: ignore[attr-defined]
+            for key in keys[::2]
+        )
         keys += self._ack_keys(client, queue)
         self._call("clean up", lambda: client.delete(*keys))  # type: ignore[attr-defined]
+        return removed
 
     def _ack_keys(self, client: object, queue: str) -> list[str]:
         pattern = f"{_NAMESPACE}:__acks__.*.{queue}"

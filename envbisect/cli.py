@@ -480,16 +480,27 @@ def _writable(option: str, path: Path) -> Path:
     return path.resolve()
 
 
+#: Signals that end a run through its clean-up; SIGHUP (a closed terminal, a dropped ssh
+#: session) is one, or a hang-up would leave every stalled worker behind.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNAL_CODES = {
+    signal.SIGINT: ExitCode.INTERRUPTED,
+    signal.SIGTERM: ExitCode.TERMINATED,
+    signal.SIGHUP: ExitCode.HANGUP,
+}
+
+
 @contextmanager
 def _signals_raise() -> Iterator[None]:
-    """Turn the first SIGINT/SIGTERM into :class:`Interrupted`; ignore repeats while cleaning up."""
+    """Turn the first SIGINT/SIGTERM/SIGHUP into :class:`Interrupted`; ignore repeats while
+    cleaning up."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         processes.interrupt(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
     try:
         yield
     finally:
@@ -517,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except Interrupted as exc:
         errors.print(f"envbisect: interrupted by {exc}; cleaned up")
-        return int(ExitCode.INTERRUPTED if exc.signum == signal.SIGINT else ExitCode.TERMINATED)
+        return int(_SIGNAL_CODES[signal.Signals(exc.signum)])
     except EnvbisectError as exc:
         errors.print(f"envbisect: error: {_line(str(exc))}", markup=False)
         return int(exc.exit_code)

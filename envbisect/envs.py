@@ -470,7 +470,7 @@ class PipInstaller(Installer):
             )
             (staging / "env" / TOOL_STAMP).write_text(f"{PIP_TOOLS}\n")
             if tool.exists() and not ready.is_file():
-                _remove_tree(tool)  # a leftover without its stamp
+                remove_tree(tool)  # a leftover without its stamp
             try:
                 (staging / "env").rename(tool)  # whole or not at all
             except OSError:
@@ -479,7 +479,7 @@ class PipInstaller(Installer):
         except OSError as exc:
             raise EnvironmentBuildError.from_os_error(f"creating {tool}", exc) from exc
         finally:
-            _remove_tree(staging)
+            remove_tree(staging)
         return tool / "bin" / "python"
 
     def releases(
@@ -697,7 +697,7 @@ class Workspace:
             self._contents = {
                 env: held for env, held in self._contents.items() if not env.is_relative_to(path)
             }
-            self._pending.append(self._remover.submit(_remove_tree, path))
+            self._pending.append(self._remover.submit(remove_tree, path))
 
     def scratch(self, name: str) -> Path:
         path = self.root / name
@@ -707,23 +707,69 @@ class Workspace:
             raise EnvironmentBuildError.from_os_error(f"creating {path}", exc) from exc
         return path
 
-    def close(self) -> None:
-        """Wait for pending removals; remove the workspace unless keeping envs."""
+    def close(self) -> str | None:
+        """Wait for pending removals; remove the workspace unless keeping envs.
+
+        A removal that fails is returned as one line (what is left, and why), not
+        raised: the run's verdict must not be lost to its clean-up.
+        """
         self._remover.shutdown(wait=True)
-        if not self.keep:
-            _remove_tree(self.root)
+        if self.keep:
+            return None
+        try:
+            remove_tree(self.root)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return f"could not remove {self.root}: {exc.strerror or exc}{where}"
+        return None
 
 
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything in it, and never change anything outside it.
+
+    :func:`shutil.rmtree` never follows a symlink. When it cannot remove an entry
+    (a package left a read-only or unreadable directory behind), the *directory*
+    in the way is made accessible to us, and only when ``lstat`` says it is a real
+    directory inside ``path``: a link's target is never chmod-ed.
+    """
+    if not os.path.lexists(path):
         return
+    _rmtree(str(path), os.path.abspath(path))
+
+
+def _rmtree(path: str, root: str) -> None:
+    def retry(func: Callable[..., object], name: str, problem: object) -> None:
+        # onexc (3.12+) passes the exception, onerror (3.11) an exc_info tuple.
+        error = problem[1] if isinstance(problem, tuple) else problem
+        assert isinstance(error, OSError)
+        if isinstance(error, FileNotFoundError):
+            return  # gone already (an unreadable directory removed on its own, below)
+        if func in (os.open, os.scandir, os.listdir):
+            # A directory we may not list: open it up and remove it as a tree of its own.
+            if not _open_up(name, root):
+                raise error
+            _rmtree(name, root)
+        else:
+            # Removing an entry needs write access to the directory holding it.
+            _open_up(os.path.dirname(name), root)
+            func(name)
+
     if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=_make_writable_and_retry)
+        shutil.rmtree(path, onexc=retry)
     else:
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
+        shutil.rmtree(path, onerror=retry)
 
 
-def _make_writable_and_retry(func: Callable[[str], object], name: str, _: object) -> None:
-    # A package may leave read-only files or directories behind.
-    os.chmod(name, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
-    func(name)
+def _open_up(directory: str, root: str) -> bool:
+    """Give us rwx on ``directory`` if it is a real dir inside ``root``; whether that changed."""
+    if os.path.commonpath([os.path.abspath(directory), root]) != root:
+        return False
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode) or mode & stat.S_IRWXU == stat.S_IRWXU:
+        return False
+    os.chmod(directory, mode | stat.S_IRWXU)
+    return True

@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     ENVIRONMENT = 7  #: an environment could not be built (unsatisfiable set, missing wheel, disk)
     TIME_LIMIT = 8  #: --max-time was reached before the search finished
     INTERNAL = 9  #: a bug in envbisect (never 1: CI reads 1 as "regression found")
+    HANGUP = 129  #: SIGHUP (the terminal or session went away); everything was cleaned up
     INTERRUPTED = 130  #: SIGINT (Ctrl-C); everything was cleaned up
     TERMINATED = 143  #: SIGTERM; everything was cleaned up
 

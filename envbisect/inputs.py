@@ -36,6 +36,11 @@ from envbisect.errors import InputError
 from envbisect.hashing import FileHashes
 from envbisect.records import Contents, PackedFile, survey, text_digest
 
+#: The oldest Python trial envs can run on: the interpreter query below runs envbisect's
+#: own ``packaging`` there (3.9+), and virtualenv (``--installer pip``) creates envs of 3.9+.
+MIN_PYTHON = (3, 9)
+#: Asked first, of any interpreter (Python 2 included), before anything that needs 3.9.
+_VERSION_QUERY = "import sys; sys.stdout.write('%d.%d.%d' % tuple(sys.version_info[:3]))"
 _PACKAGING_ROOT = str(Path(packaging.__file__).parent.parent)
 _INTERPRETER_QUERY = """
 import json, sys, sysconfig
@@ -171,7 +176,7 @@ def read_venv(path: Path, hashes: FileHashes | None = None) -> InstalledEnv:
     python = path / "bin" / "python"
     if not python.exists():
         raise InputError(f"{path}: the virtualenv's interpreter is gone ({python} does not exist)")
-    info = query_interpreter(python, label=str(path))
+    info = query_interpreter(python, label=f"{path}: its interpreter {python}")
     site_packages = tuple(dict.fromkeys(Path(info[key]) for key in ("purelib", "platlib")))
     return InstalledEnv(
         path=path,
@@ -193,13 +198,39 @@ def interpreter_from(info: Mapping[str, Any]) -> Interpreter:
 
 
 def query_interpreter(python: Path, *, label: str) -> dict[str, Any]:
-    """Ask an interpreter (isolated, no site) for its version, paths and markers."""
+    """Ask an interpreter (isolated, no site) for its version, paths and markers.
+
+    ``label`` names it in errors (``"ENV: its interpreter PATH"``, ``"--python PATH"``).
+    Its version comes first, from a line any Python runs: one too old for envbisect
+    is one clear error. ``base_executable`` is the base interpreter trial envs are
+    created from, never a virtualenv's own python (see :func:`base_interpreter`).
+    """
+    version = _ask(python, label, ["-E", "-s", "-S", "-c", _VERSION_QUERY]).strip()
+    try:
+        numbers = tuple(int(part) for part in version.split("."))
+    except ValueError:
+        raise InputError(f"{label} does not behave like a Python interpreter") from None
+    if numbers < MIN_PYTHON:
+        needed = ".".join(map(str, MIN_PYTHON))
+        raise InputError(f"{label} is Python {version}; envbisect needs Python {needed} or newer")
     # -I -S: no PYTHONPATH, no site, so none of the env's .pth hooks run. envbisect's
     # own `packaging` is put on sys.path by hand; nothing of the env is imported.
     script = f"import sys; sys.path.insert(0, {_PACKAGING_ROOT!r})\n{_INTERPRETER_QUERY}"
+    answer = _ask(python, label, ["-I", "-S", "-c", script, str(python.parent.parent)])
+    try:
+        result: dict[str, Any] = json.loads(answer)
+    except ValueError as exc:
+        raise InputError(f"{label} does not behave like a Python interpreter") from exc
+    base = base_interpreter(python, Path(result["base_executable"]), version, label)
+    result["base_executable"] = str(base)
+    return result
+
+
+def _ask(python: Path, label: str, arguments: list[str]) -> str:
+    """What ``python ARGUMENTS`` prints; a failure is one line naming ``label``."""
     try:
         done = subprocess.run(
-            [str(python), "-I", "-S", "-c", script, str(python.parent.parent)],
+            [str(python), *arguments],
             env={"PATH": os.defpath},
             capture_output=True,
             text=True,
@@ -207,17 +238,51 @@ def query_interpreter(python: Path, *, label: str) -> dict[str, Any]:
             check=False,
         )
     except OSError as exc:
-        raise InputError(f"{label}: cannot run its interpreter {python}: {exc.strerror}") from exc
+        raise InputError(f"{label} cannot be run: {exc.strerror}") from exc
     except subprocess.TimeoutExpired as exc:
-        raise InputError(f"{label}: its interpreter {python} did not answer in 60 s") from exc
+        raise InputError(f"{label} did not answer in 60 s") from exc
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InputError(f"{label}: its interpreter {python} failed: {last}")
-    try:
-        result: dict[str, Any] = json.loads(done.stdout)
-    except ValueError as exc:
-        raise InputError(f"{label}: {python} does not behave like a Python interpreter") from exc
-    return result
+        raise InputError(f"{label} failed: {last}")
+    return done.stdout
+
+
+def base_interpreter(python: Path, reported: Path, version: str, label: str) -> Path:
+    """The interpreter outside any virtualenv that ``python`` runs as.
+
+    ``reported`` is its ``sys._base_executable``. A virtualenv's python is a link to
+    its base, or — made with ``--copies`` — a copy, whose ``sys._base_executable``
+    (before 3.11) is the copy itself. Handing that to uv or virtualenv would run the
+    env's ``site`` and its ``.pth`` hooks, so the base is then looked up in the env's
+    ``pyvenv.cfg`` ``home``.
+    """
+    resolved = reported.resolve()
+    if resolved.is_file() and _venv_of(resolved) is None:
+        return resolved
+    venv = _venv_of(resolved) or _venv_of(python.absolute())
+    if venv is None:
+        raise InputError(f"{label}: its base interpreter {reported} does not exist")
+    from virtualenv.create.pyenv_cfg import PyEnvCfg
+
+    home = PyEnvCfg.from_folder(venv).content.get("home", "")
+    minor = ".".join(version.split(".")[:2])
+    for name in (f"python{minor}", f"python{version.split('.')[0]}", "python"):
+        candidate = Path(home, name)
+        if home and candidate.is_file() and _venv_of(candidate.resolve()) is None:
+            with contextlib.suppress(InputError):
+                found = _ask(candidate, str(candidate), ["-E", "-s", "-S", "-c", _VERSION_QUERY])
+                if found.startswith(f"{minor}."):
+                    return candidate.resolve()
+    raise InputError(
+        f"{venv}: its base interpreter cannot be found: {python} is a copy (a virtualenv "
+        f"made with --copies) and pyvenv.cfg's home {home or '(none)'} holds no "
+        f"python{minor}; envbisect creates trial envs from the base interpreter"
+    )
+
+
+def _venv_of(executable: Path) -> Path | None:
+    """The virtualenv whose interpreter ``executable`` is (pyvenv.cfg beside it or above)."""
+    return next((d for d in executable.parents[:2] if (d / "pyvenv.cfg").is_file()), None)
 
 
 def read_distributions(

@@ -101,7 +101,7 @@ def plan(mode: Mode, probe: Probe, kind: str | None) -> Plan | None:
     Only a broker that is not there at all (connection refused) is replaced: one that
     refuses the credentials or never answers is reported, as before.
     """
-    broker = probe.message_broker()
+    broker = probe.broker
     if broker is not None and mode is Mode.FORCE:
         try:
             return Plan(executable(kind)[0], "--private-broker")

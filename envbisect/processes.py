@@ -237,7 +237,7 @@ def stop_all(grace: float = 0.5) -> None:
 
 def shutdown() -> None:
     """Refuse new children from now on and kill the running ones but the services (on
-    SIGINT/SIGTERM; the run's clean-up stops those)."""
+    SIGINT/SIGTERM/SIGHUP; the run's clean-up stops those)."""
     _STOPPING.set()
     for child in _REGISTRY.snapshot():
         if not child.service:
@@ -245,7 +245,7 @@ def shutdown() -> None:
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwind through every cleanup, then exit."""
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind through every cleanup, then exit."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -257,7 +257,7 @@ _DEFERRED: list[int] = []
 
 
 def interrupt(signum: int) -> None:
-    """Act on SIGINT/SIGTERM (called by the signal handler): stop every child, then raise
+    """Act on SIGINT/SIGTERM/SIGHUP (the signal handler): stop every child, then raise
     :class:`Interrupted` — at the end of the clean-up under way, if there is one."""
     shutdown()
     if _CLEANING[0]:
@@ -290,15 +290,58 @@ def reset() -> None:
 
 def processes_with_token(token: str) -> list[int]:
     """Pids of live processes whose run token is ``token`` or starts with ``token-``."""
-    exact = f"{RUN_TOKEN_VAR}={token}".encode()
-    prefix = exact + b"-"
-    pids = []
+    return [
+        pid
+        for pid, theirs in carried_tokens().items()
+        if theirs == token or theirs.startswith(f"{token}-")
+    ]
+
+
+def carried_tokens() -> dict[int, str]:
+    """Every live process (not a zombie) that carries a run token: pid → its token."""
+    prefix = f"{RUN_TOKEN_VAR}=".encode()
+    found = {}
     for pid in _pids():
         with contextlib.suppress(OSError):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if any(v == exact or v.startswith(prefix) for v in environ) and not _is_zombie(pid):
-                pids.append(pid)
-    return pids
+            value = next((v for v in environ if v.startswith(prefix)), None)
+            if value is not None and not _is_zombie(pid):
+                found[pid] = value[len(prefix) :].decode(errors="replace")
+    return found
+
+
+def started_at(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot); None when there is none,
+    or it has exited and is only waiting to be reaped (a zombie).
+
+    A pid is reused once its process is gone; the pid with its start time names one
+    process for good (how a dead run is told from a live one that got its pid).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces and parentheses): the state
+    # (3rd overall) and the start time (22nd).
+    fields = stat.rsplit(")", 1)[-1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def start_detached(
+    argv: Sequence[str], *, stdin: int, env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """A process that must outlive envbisect (the watchdog): its own session, so no
+    terminal signal reaches it; not one of the run's children (an interrupt does not
+    stop it); no run token; its working directory ``/`` (it keeps no directory busy)."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        env=dict(env),
+        cwd="/",
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def group_members(pgid: int) -> list[int]:

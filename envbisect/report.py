@@ -191,6 +191,8 @@ def render(finding: Finding, console: Console) -> None:
     )
     if finding.workspace is not None:
         console.print(f"[dim]envs kept in {shown(finding.workspace)}[/dim]")
+    for problem in finding.cleanup_errors:
+        console.print(f"[yellow]clean-up failed:[/yellow] {shown(problem)}")
 
 
 def _headline(finding: Finding) -> str:
@@ -261,6 +263,7 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "trials": [_trial_json(trial, delta) for trial in finding.trials],
         "evidence": None if finding.evidence is None else _evidence_json(finding.evidence),
         "disagreements": [sorted(subset) for subset in finding.disagreements],
+        "cleanup_errors": list(finding.cleanup_errors),
     }
     return scrub(report)
 

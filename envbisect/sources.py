@@ -201,7 +201,8 @@ class Sources:
     def interpreter(self, python: Path | None) -> Interpreter:
         """The interpreter trial envs are made from when no live env names one."""
         executable = python or Path(getattr(sys, "_base_executable", sys.executable))
-        return interpreter_from(query_interpreter(executable, label=str(executable)))
+        label = f"--python {python}" if python else f"envbisect's own Python {executable}"
+        return interpreter_from(query_interpreter(executable, label=label))
 
     def _resolve(
         self, requirements: RequirementFile, bad: Side

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from envbisect.broker import BrokerClient
 from envbisect.delta import Change, ChangeKind, Delta, Package, unmet_requirements
 from envbisect.envs import BuildTimings, InstallerError, Workspace, installer
 from envbisect.errors import EnvbisectError, EnvironmentBuildError, InputError, TimeLimitError
+from envbisect.leftovers import Ledger, Process, RunRecord, sweep
 from envbisect.masking import mask_urls
 from envbisect.narrow import Narrowing, Tried, versions_between
 from envbisect.outcomes import OutcomeCache, run_context
@@ -40,6 +42,7 @@ from envbisect.probes.base import Diagnosis, Later, Limits, Probe, ProbeResult, 
 from envbisect.search import Outcome, SearchResult, SearchStatus, bisect, first_failing
 from envbisect.sources import Side, Sources
 from envbisect.startup import StartupHook, startup_hooks
+from envbisect.watchdog import Watchdog
 from envbisect.wheels import WheelCache
 
 # Adaptive limits: wait this many times the healthy latency, never less than the floor.
@@ -140,6 +143,7 @@ class Finding:
     #: What each culprit makes every interpreter run at start-up (read from the bad side's
     #: wheel of it, the file the trials installed); a removed culprit runs nothing.
     startup_hooks: Mapping[NormalizedName, tuple[StartupHook, ...]] = field(default_factory=dict)
+    cleanup_errors: tuple[str, ...] = ()  #: what the run's clean-up could not do (one line each)
 
 
 class Observer(Protocol):
@@ -156,6 +160,9 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     """Run the whole procedure; raises :class:`EnvbisectError` on bad input."""
     started = time.monotonic()
     private = plan(options.private_broker, probe, options.private_broker_kind)
+    for token, removed in sweep(Path(tempfile.gettempdir()), probe.broker).items():
+        problems = "".join(f"; {problem}" for problem in removed.problems)
+        observer.say(f"swept leftovers of dead run {token}: {removed}{problems}")
     run_token = processes.new_run_token()
     backend = installer(
         options.installer,
@@ -168,7 +175,11 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         backend.deadline = started + options.max_time
     workspace = Workspace(backend, run_token, keep=options.keep_envs)
     broker = PrivateBroker(f"{run_token}-broker")
+    ledger = Ledger(workspace.root)
+    watchdog: Watchdog | None = None
+    failed: list[str] = []
     try:
+        watchdog = _watch(run_token, workspace, probe, ledger, observer)
         if private is not None:
             # RabbitMQ boots in seconds: while the sides are read.
             broker.start_soon(private.kind, workspace.root / "broker")
@@ -189,18 +200,57 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         }
         delta = Delta(good.packages, bad.packages, bad.interpreter.markers, extras)
         observer.say(_summary(delta))
-        runner = _Runner(options, probe, sources, workspace, good, bad, delta, run_token, observer)
+        runner = _Runner(
+            options, probe, sources, workspace, ledger, good, bad, delta, run_token, observer
+        )
         try:
-            return runner.run(started)
+            finding = runner.run(started)
         finally:
             with processes.cleaning_up():
-                runner.close()
+                failed += runner.close()
     finally:
+        # A clean-up that fails is said, and never takes the place of the verdict (or error).
         with processes.cleaning_up():
             broker.stop()
             processes.stop_all()
             processes.kill_stragglers(run_token)
-            workspace.close()
+            left = workspace.close()
+            if left is not None:
+                failed.append(left)
+            for problem in failed:
+                observer.say(f"clean-up failed: {problem}")
+            if watchdog is not None:
+                watchdog.done()
+    return replace(finding, cleanup_errors=tuple(mask_urls(problem) for problem in failed))
+
+
+def _watch(
+    token: str, workspace: Workspace, probe: Probe, ledger: Ledger, observer: Observer
+) -> Watchdog | None:
+    """Start the run's watchdog and record the run in its temp dir (see envbisect.leftovers)."""
+    broker = probe.broker
+    keep = workspace.keep
+    try:
+        watchdog = Watchdog.start(token, workspace.root, broker.url if broker else None, keep=keep)
+    except OSError as exc:
+        observer.say(f"no watchdog for this run ({exc.strerror or exc}): a SIGKILL leaves debris")
+        watchdog = None
+    me = Process.of(os.getpid())
+    assert me is not None, "unreachable: this very process is alive"
+    record = RunRecord(
+        token=token,
+        owner=me,
+        watchdog=watchdog.process if watchdog else None,
+        broker=broker.masked if broker else None,
+        keep=keep,
+    )
+    try:
+        ledger.start(record)
+    except OSError as exc:
+        raise EnvironmentBuildError.from_os_error(
+            f"recording the run in {ledger.root}", exc
+        ) from exc
+    return watchdog
 
 
 def _await(broker: PrivateBroker, options: Options, started: float) -> BrokerClient:
@@ -231,6 +281,7 @@ class _Runner:
         probe: Probe,
         sources: Sources,
         workspace: Workspace,
+        ledger: Ledger,
         good: Side,
         bad: Side,
         delta: Delta,
@@ -240,6 +291,7 @@ class _Runner:
         self.options = options
         self.probe = probe
         self.sources = sources
+        self.ledger = ledger  #: the run's queues, recorded before they are declared
         self.limits = options.limits(time.monotonic())
         # Search trials stop a failing worker after the verdict and take no stacks; the
         # confirmation, whose result is the report's evidence, takes a stuck worker's stacks
@@ -280,15 +332,13 @@ class _Runner:
             enabled=options.outcome_cache,
         )
 
-    def close(self) -> None:
-        """Wait for running trials and every clean-up; report clean-up failures."""
+    def close(self) -> list[str]:
+        """Wait for running trials and every clean-up; what failed in the clean-up."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._builder.shutdown(wait=True, cancel_futures=True)
         self._drop_prebuilt(keep=())
         self._cleaner.shutdown(wait=True)
-        for future in self._cleanups:
-            for failure in future.result():
-                self.observer.say(f"clean-up step failed: {failure}")
+        return [str(failure) for future in self._cleanups for failure in future.result()]
 
     def run(self, started: float) -> Finding:
         names = [change.name for change in self.delta.changes]
@@ -719,6 +769,9 @@ class _Runner:
         later = Later()
         self._slots.acquire()
         try:
+            queues = self.probe.queues(token)
+            if queues:
+                self.ledger.add_queues(queues)
             return self.probe.run(env, token, limits, later)
         except OSError as exc:
             # The probe's own files in the trial's scratch dir (module, socket, log):

@@ -50,7 +50,7 @@ class FakeBroker(BrokerClient):
     def state(self, queue: str) -> QueueState | None:
         raise AssertionError("unreachable?")
 
-    def delete(self, queue: str, *, worker_id: str | None = None) -> None:
+    def delete_once(self, queue: str, *, worker_id: str | None = None) -> int:
         raise AssertionError("unreachable?")
 
 

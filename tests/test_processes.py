@@ -125,3 +125,21 @@ def test_stop_leaves_no_zombie_in_the_group(tmp_path: Path) -> None:
     child.stop(grace=0.2)
     with pytest.raises(ProcessLookupError):
         os.killpg(child.pid, 0)
+
+
+def test_a_hangup_is_an_interrupt_like_sigterm() -> None:
+    # A closed terminal or a dropped ssh session sends SIGHUP: the run must unwind through
+    # its clean-up as for SIGTERM, not die on the spot and leave its workers behind.
+    from envbisect.cli import _signals_raise
+
+    # Outside envbisect's handler a hang-up must not end the test session itself.
+    outer = signal.signal(signal.SIGHUP, lambda signum, frame: None)
+    try:
+        with _signals_raise(), pytest.raises(processes.Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+            pytest.fail("not interrupted")
+        assert caught.value.signum == signal.SIGHUP
+    finally:
+        signal.signal(signal.SIGHUP, outer)
+        processes.reset()

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envbisect.broker import BrokerClient
 from envbisect.masking import mask_urls
 from envbisect.processes import RUN_TOKEN_VAR
 from envbisect.search import Outcome
@@ -243,6 +244,13 @@ class Probe(ABC):
     #: Whether the package set and :meth:`settings` decide the outcome, so it may be
     #: cached; not for a probe that reads files outside the env (a user's command).
     cacheable: bool = True
+    #: The broker its queues live on, if it has any.
+    broker: BrokerClient | None = None
+
+    def queues(self, token: str) -> tuple[str, ...]:
+        """The queues a probe run with ``token`` may declare on :attr:`broker` (recorded
+        before it runs, so that a run killed meanwhile can have them deleted)."""
+        return ()
 
     @abstractmethod
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
@@ -262,10 +270,6 @@ class Probe(ABC):
 
     def check(self) -> None:  # noqa: B027 - most probes have nothing to check
         """Fail early, with one clear line, when the probe cannot run at all."""
-
-    def message_broker(self) -> BrokerClient | None:
-        """The broker the probe sends its message through, if it uses one."""
-        return None
 
     def on_broker(self, broker: BrokerClient) -> Probe:
         """This probe, sending through ``broker`` (a private one started for the run)

@@ -96,14 +96,14 @@ class ConsumeProbe(Probe):
     def check(self) -> None:
         self.broker.check()
 
-    def message_broker(self) -> BrokerClient:
-        return self.broker
-
     def on_broker(self, broker: BrokerClient) -> ConsumeProbe:
         return replace(self, broker=broker, private=True)
 
+    def queues(self, token: str) -> tuple[str, ...]:
+        return (f"envbisect_{token}",)
+
     def run(self, trial: TrialEnv, token: str, limits: Limits, later: Later) -> ProbeResult:
-        queue = f"envbisect_{token}"
+        (queue,) = self.queues(token)
         message_id = str(uuid.uuid4())
         run_dir = trial.run_dir()
         module_dir = run_dir / "probe"

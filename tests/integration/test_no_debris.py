@@ -168,8 +168,8 @@ def live(groups: set[int]) -> set[int]:
 
 @pytest.mark.parametrize(
     ("sig", "first_trial"),
-    [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 3)],
-    ids=["SIGINT-sanity", "SIGTERM-sanity", "SIGINT-search"],
+    [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGHUP, 1), (signal.SIGINT, 3)],
+    ids=["SIGINT-sanity", "SIGTERM-sanity", "SIGHUP-sanity", "SIGINT-search"],
 )
 def test_interrupt_while_a_stalled_worker_runs(
     start: Callable[..., Run],
@@ -200,6 +200,97 @@ def test_interrupt_while_a_stalled_worker_runs(
     assert_clean(run.pid)
     assert groups and live(groups) == set(), "the worker process groups are gone, zombies too"
     assert took < 60, f"clean-up took {took:.1f} s"
+
+
+# -- hard kills ------------------------------------------------------------------------------
+
+
+def watchdog_of(run_pid: int) -> int | None:
+    """The pid of the run's watchdog: the child of envbisect that runs envbisect.watchdog."""
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[-1].split()[1]) == run_pid and b"envbisect.watchdog" in cmdline:
+            return int(entry)
+    return None
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def test_sigkill_while_a_stalled_worker_runs(
+    start: Callable[..., Run], fixture_env: Callable[[str], Path]
+) -> None:
+    # SIGKILL gives envbisect no clean-up at all; the stalled worker ignores SIGTERM and
+    # would run for good. The run's watchdog sees envbisect go and removes it all.
+    run = start("--bad", str(fixture_env("stall")), "--good", str(MINIMAL), "--fixed-timeout")
+    wait_for(lambda: worker_group_with(run.pid, "telemetry_shim", 1), "a stalled worker")
+    wait_for(lambda: envbisect_queues(run.pid), "the stalled trial's queue")
+    processes = envbisect_processes(run.pid)
+    run.proc.kill()
+    run.wait(60)
+    wait_for(lambda: debris(run.pid) == NO_DEBRIS, "the watchdog's clean-up", timeout=120)
+    last = run.stderr.read_text().splitlines()[-1]
+    assert re.fullmatch(
+        rf"envbisect: watchdog: run {run.pid}x[0-9a-f]+ ended without its clean-up; "
+        r"removed \d+ process(es)?, 1 temp dir, [1-9]\d* queues?",
+        last,
+    ), last
+    assert processes and not any(running(pid) for pid in processes), "every worker is gone"
+
+
+def test_the_next_run_sweeps_what_a_dead_run_left(
+    start: Callable[..., Run], fixture_env: Callable[[str], Path], tmp_path: Path
+) -> None:
+    # Debris for real: envbisect and its watchdog both SIGKILL-ed while a worker stalls.
+    # Both runs use a TMPDIR of their own, so no other run on this machine sweeps it first.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stall, healthy = str(fixture_env("stall")), str(fixture_env("healthy"))
+    dead = start(
+        "--bad", stall, "--good", str(MINIMAL), "--fixed-timeout",
+        name="dead", env={"TMPDIR": str(tmp)},
+    )  # fmt: skip
+    wait_for(lambda: worker_group_with(dead.pid, "telemetry_shim", 1), "a stalled worker")
+    wait_for(lambda: len(envbisect_queues(dead.pid)) >= 3, "the stalled trial's queues")
+    watchdog = watchdog_of(dead.pid)
+    assert watchdog is not None, "the run has a watchdog"
+    os.kill(watchdog, signal.SIGKILL)
+    dead.proc.kill()
+    dead.wait(60)
+    left = {
+        "processes": envbisect_processes(dead.pid),
+        "queues": envbisect_queues(dead.pid),
+        "temp dirs": envbisect_tempdirs(dead.pid, tmp),
+    }
+    assert all(left.values()), f"a dead run's debris, for real: {left}"
+    (workspace,) = left["temp dirs"]
+    token = workspace.removeprefix("envbisect-").rsplit("-", 1)[0]
+    later = start("--bad", healthy, "--good", str(MINIMAL), name="later", env={"TMPDIR": str(tmp)})
+    assert later.wait() == ExitCode.BAD_PASSES
+    said = (
+        f"swept leftovers of dead run {token}: "
+        f"{counted(len(left['processes']), 'process', 'processes')}, 1 temp dir, "
+        f"{counted(len(left['queues']), 'queue', 'queues')}"
+    )
+    assert said in later.stderr.read_text()
+    assert envbisect_processes(dead.pid) == []
+    assert envbisect_queues(dead.pid) == []
+    assert envbisect_tempdirs(dead.pid, tmp) == set()
+    assert debris(later.pid) == NO_DEBRIS
 
 
 # -- what escapes the process group ----------------------------------------------------------
