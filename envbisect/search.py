@@ -259,11 +259,14 @@ class _Search:
             stop, new = start, set[Subset]()
             while stop < len(sets):
                 closed = self._close(sets[stop])
-                if closed not in self._outcomes and closed not in new:
+                known = self._outcomes.get(closed)
+                if known is None and closed not in new:
                     if len(new) == self._jobs:
                         break
                     new.add(closed)
                 stop += 1
+                if known is Outcome.FAIL:  # the sets after it need no test
+                    break
             outcomes = self._test(sets[start:stop])
             hit = next((i for i, o in enumerate(outcomes) if o is Outcome.FAIL), None)
             if hit is not None:
@@ -398,16 +401,33 @@ def _ends(outcomes: dict[int, Outcome]) -> tuple[int, int]:
 
 
 def _split_points(lo: int, hi: int, tried: dict[int, Outcome], width: int) -> list[int]:
-    """Up to ``width`` untried points in (lo, hi), each the nearest to one of the cuts
-    into ``width + 1`` equal parts (the middle, for one point)."""
+    """Up to ``width`` untried points in (lo, hi), each the nearest to its cut.
+
+    The top cut is the middle, as in a binary search: a round is cheap only when every
+    trial passes, and the upper part is what it leaves. The other cuts split the lower
+    part equally: where a binary search would go when the middle fails. The upper part
+    holds less than half when it would otherwise take more than ⌈log_(width+1) n⌉ rounds
+    in all (n = hi - lo), and the lower ones stay within that bound too.
+    """
     free = [m for m in range(lo + 1, hi) if m not in tried]
     if len(free) <= width:
         return free
+    n = hi - lo
+    most = (width + 1) ** (_rounds(n, width + 1) - 1)  # boundaries a part may hold
+    lower = n - max(n - width * most, min(most, n / 2))
     points: list[int] = []
-    for i in range(1, width + 1):
-        cut = lo + (hi - lo) * i / (width + 1)
+    for i in range(width, 0, -1):  # the top cut first: it has the exact middle
+        cut = lo + lower * i / width
         points.append(min((m for m in free if m not in points), key=lambda m: (abs(m - cut), m)))
     return sorted(points)
+
+
+def _rounds(n: int, base: int) -> int:
+    """⌈log_base n⌉, in integers."""
+    rounds, reach = 0, 1
+    while reach < n:
+        rounds, reach = rounds + 1, reach * base
+    return rounds
 
 
 def _split(items: list[str], n: int) -> list[list[str]]:

@@ -6,6 +6,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -417,6 +418,27 @@ def test_ddmin_tests_subsets_and_complements_in_one_batch() -> None:
     ]
 
 
+def test_a_known_failure_ends_the_order_before_new_sets() -> None:
+    # The prefixes are left unresolved, so ddmin runs; at three chunks the complement of
+    # the middle one closes to the whole failing set (known to fail): the complement after
+    # it must not be tested, whatever P is.
+    deps = {"p4": {"p2"}, "p1": {"p0"}, "p7": {"p4"}, "p8": {"p0"}}
+    order = ["p5", "p10", "p6", "p9", "p3", "p2", "p0", "p4", "p1", "p8", "p7"]
+    skip = {
+        frozenset({"p0", "p1", "p10", "p2", "p3", "p4", "p5", "p6", "p8", "p9"}),
+        frozenset({"p0", "p1", "p2", "p4", "p7", "p8"}),
+        frozenset({"p0", "p2", "p4"}),
+    }
+    truth = needs(frozenset({"p8"}))
+    closure = transitive(deps)
+    for jobs in (1, 2, 3):
+        result, oracle = run(
+            order, lambda s: Outcome.SKIP if s in skip else truth(s), closure, jobs
+        )
+        assert result.culprits == {"p8"}
+        assert frozenset({"p0", "p2", "p3", "p4", "p6", "p9"}) not in oracle.calls
+
+
 def test_rounds_number_the_batches() -> None:
     result, oracle = run(names(30), needs(frozenset({"p17"})), jobs=3)
     assert [t.round for t in result.tests] == [
@@ -481,3 +503,27 @@ def test_line_search_steps_around_unresolved_points_whatever_p(
     assert all(verdict(point) is Outcome.SKIP for point in alone.unresolved)
     # The boundary, and the untestable points that hide it, do not depend on P.
     assert (parallel.last_pass, parallel.first_fail) == (alone.last_pass, alone.first_fail)
+
+
+@PROPERTY
+@given(count=st.integers(2, 300), jobs=st.integers(1, 8))
+def test_a_round_leaves_the_cheap_outcome_half_the_line(count: int, jobs: int) -> None:
+    # Only a round whose every trial passes is cheap (a failing trial waits out its time
+    # limit): the top part, which that round leaves, is the binary search's upper half,
+    # as far as the ⌈log_(P+1) n⌉ round bound allows.
+    batches: list[list[int]] = []
+
+    def test(points: Sequence[int]) -> list[Outcome]:
+        batches.append(list(points))
+        return [Outcome.FAIL for _ in points]
+
+    first_failing(count, test, jobs=jobs)
+    n = count - 1  # boundaries on the line
+    if n - 1 <= jobs:  # every point fits in one round
+        assert batches == ([list(range(1, n))] if n > 1 else [])
+        return
+    cap = (jobs + 1) ** (log_ceil(n, jobs + 1) - 1)  # what a part may hold
+    parts = [b - a for a, b in pairwise([0, *batches[0], n])]
+    assert max(parts) <= cap
+    assert parts[-1] == max(parts)
+    assert parts[-1] >= min(cap, n // 2, n - jobs)  # the points need room below it
