@@ -61,7 +61,8 @@ class Outcome(StrEnum):
 Subset = frozenset[str]
 #: Gets a batch of dependency-closed subsets, returns one outcome per subset in the same order.
 BatchOracle = Callable[[Sequence[Subset]], Sequence[Outcome]]
-#: Told, before a batch, which closed subsets it tests and may test right after (a hint only).
+#: Told, before a batch, which closed subsets it tests and may test right after, the likeliest
+#: first; before the sanity pair, the first round's (a hint only).
 Prepare = Callable[[Sequence[Subset]], None]
 #: Gets a batch of points of a line, returns one outcome per point in the same order.
 LineOracle = Callable[[Sequence[int]], Sequence[Outcome]]
@@ -151,6 +152,12 @@ class _Search:
         self._rank = {change: i for i, change in enumerate(self._order)}
 
     def run(self) -> SearchResult:
+        if self._prepare is not None:
+            # The first round's envs are built while the sanity pair builds its own.
+            line = {0: Outcome.PASS, len(self._order): Outcome.FAIL}
+            first = _split_points(0, len(self._order), line, self._jobs)
+            if first:
+                self._prepare([self._close(frozenset(self._order[:m])) for m in first])
         good, bad = self._test([frozenset(), frozenset(self._changes)])
         if good is not Outcome.PASS:
             return self._result(SearchStatus.GOOD_FAILS)
@@ -363,8 +370,8 @@ def first_failing(count: int, test: LineOracle, *, jobs: int = 1) -> Boundary:
     return Boundary(lo, hi, outcomes)
 
 
-#: Told the points a round tests and, for each way it can end, the upper end of the
-#: interval then left and the points the next round tests in it.
+#: Told the points a round tests and, for each way it can end (the likeliest first), the
+#: upper end of the interval then left and the points the next round tests in it.
 _Announce = Callable[[Sequence[int], Sequence[tuple[int, Sequence[int]]]], None]
 
 
@@ -386,8 +393,9 @@ def _boundary(
                     p: Outcome.PASS if i < cut else Outcome.FAIL for i, p in enumerate(points)
                 }
                 nlo, nhi = _ends(then)
-                after.append((nhi, _split_points(nlo, nhi, then, width)))
-            announce(points, after)
+                after.append((nhi - nlo, nhi, _split_points(nlo, nhi, then, width)))
+            # The likeliest first: the part with the most boundaries, the upper one on a tie.
+            announce(points, [(nhi, next_) for _, nhi, next_ in sorted(after, reverse=True)])
         for point, outcome in zip(points, test(points), strict=True):
             outcomes[point] = outcome
         lo, hi = _ends(outcomes)

@@ -170,10 +170,28 @@ def test_parallel_rounds_are_announced(data: st.DataObject, n: int, jobs: int) -
     calls = [s for batch in oracle.batches for s in batch]
     # Sanity pair + at most P split points a round + test({culprit}).
     assert len(calls) <= 2 + jobs * log_ceil(n, jobs + 1) + 1
-    # Every search round after the first was announced before it ran.
-    searched = [s for batch in oracle.batches[1:] if batch for s in batch]
-    first = len(next(batch for batch in oracle.batches[1:] if batch))
-    assert all(s in prepared for s in searched[first:])
+    # Every search round was announced before it ran, the first before the sanity round.
+    assert oracle.batches[0] == [] and oracle.batches[1] == [frozenset(), frozenset(names(n))]
+    searched = [s for batch in oracle.batches[2:] for s in batch]
+    assert all(s in prepared for s in searched)
+
+
+def test_the_likeliest_next_round_is_announced_first() -> None:
+    announced: list[list[Subset]] = []
+    prefix = [frozenset(names(121)[:m]) for m in range(122)]
+    bisect(
+        names(121),
+        no_deps,
+        FakeOracle(needs(frozenset({"p0"})), no_deps),
+        jobs=2,
+        prepare=lambda subsets: announced.append(list(subsets)),
+    )
+    # Before the sanity pair: the first round, which splits 121 changes at the middle
+    # and the quarter (the ⌈log_3 121⌉ = 5 rounds allow the upper half: 61 ≤ 81).
+    assert announced[0][:2] == [prefix[30], prefix[60]]
+    # Before it runs: that round, then the next round if both pass (the upper part
+    # holds 61 of the 121 boundaries): its top part may hold 27 (four rounds left).
+    assert announced[1][:4] == [prefix[30], prefix[60], prefix[77], prefix[94]]
 
 
 @PROPERTY
