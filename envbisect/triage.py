@@ -532,16 +532,28 @@ class _Runner:
             note = f"with {change.display_name} {good} the rest of the culprit set fails too"
             return Narrowing(change, tuple(line), tuple(tried), None, None, note=note)
 
-        def test(index: int) -> Outcome:
+        def test(indices: Sequence[int]) -> list[Outcome]:
             if self.limits.left() <= 0:
-                return Outcome.ERROR  # --max-time: leave the rest untested, keep the culprit
-            trial = self._trial(
-                self._next_index(), failing, "narrow", self.limits, swap=(change, line[index])
+                # --max-time: leave the rest untested, keep the culprit
+                return [Outcome.ERROR for _ in indices]
+            trials = self._gather(
+                [
+                    self._pool.submit(
+                        self._trial,
+                        self._next_index(),
+                        failing,
+                        "narrow",
+                        self.limits,
+                        swap=(change, line[index]),
+                    )
+                    for index in indices
+                ]
             )
-            tried.append(Tried(line[index], trial.outcome, trial.index, trial.result.detail))
-            return trial.outcome
+            for index, trial in zip(indices, trials, strict=True):
+                tried.append(Tried(line[index], trial.outcome, trial.index, trial.result.detail))
+            return [trial.outcome for trial in trials]
 
-        boundary = first_failing(len(line), test)
+        boundary = first_failing(len(line), test, jobs=self.options.jobs)
         untestable = tuple(line[i] for i in boundary.unresolved)
         note = "--max-time reached while narrowing" if self.limits.left() <= 0 else ""
         return Narrowing(
@@ -616,6 +628,10 @@ class _Runner:
             futures.append(
                 self._pool.submit(self._trial, index, subset, phase, limits, use_cache=use_cache)
             )
+        return self._gather(futures)
+
+    def _gather(self, futures: Sequence[Future[Trial]]) -> list[Trial]:
+        """The trials of these futures, in order."""
         try:
             return [future.result() for future in futures]
         except BaseException:

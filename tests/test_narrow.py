@@ -51,9 +51,9 @@ def test_first_failing_finds_the_boundary_in_log_tests(count: int, data: st.Data
     boundary = data.draw(st.integers(1, count - 1))
     tested: list[int] = []
 
-    def test(point: int) -> Outcome:
-        tested.append(point)
-        return Outcome.FAIL if point >= boundary else Outcome.PASS
+    def test(points: list[int]) -> list[Outcome]:
+        tested.extend(points)
+        return [Outcome.FAIL if point >= boundary else Outcome.PASS for point in points]
 
     found = first_failing(count, test)
     assert (found.last_pass, found.first_fail) == (boundary - 1, boundary)
@@ -64,11 +64,11 @@ def test_first_failing_finds_the_boundary_in_log_tests(count: int, data: st.Data
 
 def test_first_failing_steps_around_untestable_points() -> None:
     verdicts = {1: Outcome.PASS, 2: Outcome.SKIP, 3: Outcome.FAIL, 4: Outcome.FAIL}
-    found = first_failing(6, verdicts.__getitem__)
+    found = first_failing(6, lambda points: [verdicts[point] for point in points])
     assert (found.last_pass, found.first_fail) == (1, 3)
     assert found.unresolved == [2]  # the first failure may be 2 or 3: not guessed
 
 
 def test_first_failing_needs_both_ends() -> None:
     with pytest.raises(ValueError, match="its passing and its failing end"):
-        first_failing(1, lambda point: Outcome.PASS)
+        first_failing(1, lambda points: [Outcome.PASS for _ in points])

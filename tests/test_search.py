@@ -6,12 +6,13 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envbisect.search import Outcome, SearchResult, SearchStatus, Subset, bisect
+from envbisect.search import Outcome, SearchResult, SearchStatus, Subset, bisect, first_failing
 
 PROPERTY = settings(max_examples=200, deadline=None)
 FEW = settings(max_examples=60, deadline=None)
@@ -82,6 +83,7 @@ def run(
     oracle = FakeOracle(verdict, closure)
     result = bisect(changes, closure, oracle, jobs=jobs)
     assert [t.subset for t in result.tests] == oracle.calls
+    assert result.rounds == len(oracle.batches)
     assert result.failing_set == closure(result.culprits)
     for batch in oracle.batches[1:]:
         assert len(batch) <= jobs
@@ -119,6 +121,14 @@ def culprits_of(changes: list[str], most: int = 3) -> st.SearchStrategy[frozense
     return st.frozensets(st.sampled_from(changes), min_size=1, max_size=min(most, len(changes)))
 
 
+def log_ceil(n: int, base: int) -> int:
+    """⌈log_base n⌉ in integers (floats round 243 = 3**5 the wrong way)."""
+    rounds, reach = 0, 1
+    while reach < n:
+        rounds, reach = rounds + 1, reach * base
+    return rounds
+
+
 # -- properties ------------------------------------------------------------------------
 
 
@@ -130,7 +140,6 @@ def test_monotone_culprits_are_found_exactly(data: st.DataObject, n: int, jobs: 
     result, _ = run(changes, needs(culprits), jobs=jobs)
     assert_one_minimal(result, needs(culprits), no_deps)
     assert result.culprits == culprits
-    assert result.interaction == (len(culprits) > 1)
     assert result.disagreements == ()
 
 
@@ -145,25 +154,79 @@ def test_single_culprit_costs_a_binary_search(data: st.DataObject, n: int) -> No
 
 @PROPERTY
 @given(data=st.data(), n=st.integers(2, 200), jobs=st.integers(2, 8))
-def test_parallel_jobs_never_cost_extra_trials(data: st.DataObject, n: int, jobs: int) -> None:
+def test_parallel_rounds_are_announced(data: st.DataObject, n: int, jobs: int) -> None:
     culprit = data.draw(st.sampled_from(names(n)))
     prepared: list[Subset] = []
     oracle = FakeOracle(needs(frozenset({culprit})), no_deps)
 
     def prepare(subsets: Sequence[Subset]) -> None:
         assert all(no_deps(s) == s for s in subsets)
+        assert not any(s in batch for batch in oracle.batches for s in subsets), "known set"
         prepared.extend(subsets)
         oracle.batches.append([])  # a marker: what was announced before the next batch
 
     result = bisect(names(n), no_deps, oracle, jobs=jobs, prepare=prepare)
     assert result.culprits == {culprit}
     calls = [s for batch in oracle.batches for s in batch]
-    # Sanity pair + binary search + test({culprit}): the target of ceil(log2 N) + 4
-    # trials including the sanity pair leaves one for the runner's confirmation.
-    assert len(calls) <= math.ceil(math.log2(n)) + 3
-    # Every binary-search step after the first was announced before it ran.
-    searched = [s for s in calls[2:] if s != frozenset({culprit})]
-    assert all(s in prepared for s in searched[1:])
+    # Sanity pair + at most P split points a round + test({culprit}).
+    assert len(calls) <= 2 + jobs * log_ceil(n, jobs + 1) + 1
+    # Every search round was announced before it ran, the first before the sanity round.
+    assert oracle.batches[0] == [] and oracle.batches[1] == [frozenset(), frozenset(names(n))]
+    searched = [s for batch in oracle.batches[2:] for s in batch]
+    assert all(s in prepared for s in searched)
+
+
+def test_the_likeliest_next_round_is_announced_first() -> None:
+    announced: list[list[Subset]] = []
+    prefix = [frozenset(names(121)[:m]) for m in range(122)]
+    bisect(
+        names(121),
+        no_deps,
+        FakeOracle(needs(frozenset({"p0"})), no_deps),
+        jobs=2,
+        prepare=lambda subsets: announced.append(list(subsets)),
+    )
+    # Before the sanity pair: the first round, which splits 121 changes at the middle
+    # and the quarter (the ⌈log_3 121⌉ = 5 rounds allow the upper half: 61 ≤ 81).
+    assert announced[0][:2] == [prefix[30], prefix[60]]
+    # Before it runs: that round, then the next round if both pass (the upper part
+    # holds 61 of the 121 boundaries): its top part may hold 27 (four rounds left).
+    assert announced[1][:4] == [prefix[30], prefix[60], prefix[77], prefix[94]]
+
+
+@PROPERTY
+@given(data=st.data(), n=st.integers(1, 300), jobs=st.integers(1, 8))
+def test_one_culprit_costs_log_p_plus_one_rounds(data: st.DataObject, n: int, jobs: int) -> None:
+    changes = data.draw(st.permutations(names(n)))
+    culprit = data.draw(st.sampled_from(changes))
+    result, _ = run(changes, needs(frozenset({culprit})), jobs=jobs)
+    assert result.culprits == {culprit}
+    # The sanity round, ⌈log_(P+1) N⌉ rounds of P split points (the N prefixes hold N
+    # boundaries; each round leaves one of P+1 nearly equal parts), and the culprit alone.
+    # Its minimality check is free: without it the set is the good set, known to pass.
+    assert result.rounds <= 1 + log_ceil(n, jobs + 1) + 1
+
+
+@PROPERTY
+@given(data=st.data(), n=st.integers(1, 200))
+def test_one_at_a_time_is_one_split_point_a_round(data: st.DataObject, n: int) -> None:
+    culprits = data.draw(culprits_of(names(n)))
+    result, oracle = run(names(n), needs(culprits))
+    assert [len(batch) for batch in oracle.batches[1:]] == [1] * (result.rounds - 1)
+
+
+@PROPERTY
+@given(graph=graphs(), data=st.data(), jobs=st.integers(2, 6))
+def test_parallel_search_finds_what_one_at_a_time_finds(
+    graph: tuple[list[str], dict[str, set[str]]], data: st.DataObject, jobs: int
+) -> None:
+    changes, deps = graph
+    closure = transitive(deps)
+    truth = needs(data.draw(culprits_of(changes)))
+    alone, _ = run(changes, truth, closure)
+    parallel, _ = run(changes, truth, closure, jobs=jobs)
+    assert (parallel.status, parallel.culprits) == (alone.status, alone.culprits)
+    assert parallel.rounds <= alone.rounds
 
 
 @PROPERTY
@@ -186,7 +249,6 @@ def test_pair_interaction(data: st.DataObject, n: int, jobs: int) -> None:
     result, _ = run(changes, needs(pair), jobs=jobs)
     assert result.status is SearchStatus.FOUND
     assert result.culprits == pair
-    assert result.interaction
 
 
 @PROPERTY
@@ -290,7 +352,6 @@ def test_one_change() -> None:
     result, oracle = run(["a"], needs(frozenset({"a"})))
     assert result.status is SearchStatus.FOUND
     assert result.culprits == {"a"}
-    assert not result.interaction
     assert len(oracle.calls) == 2
 
 
@@ -317,7 +378,6 @@ def test_telemetry_shim_needs_gevent() -> None:
     assert result.status is SearchStatus.FOUND
     assert result.culprits == {"telemetry-shim"}
     assert result.failing_set == {"telemetry-shim", "gevent", "greenlet"}
-    assert not result.interaction
 
 
 def test_dependencies_are_searched_first() -> None:
@@ -340,7 +400,6 @@ def test_all_smaller_sets_unresolved_is_inconsistent() -> None:
     result, _ = run(changes, verdict)
     assert result.status is SearchStatus.INCONSISTENT
     assert result.culprits == frozenset()
-    assert result.interaction  # ddmin ran
     assert result.disagreements
 
 
@@ -354,6 +413,48 @@ def test_non_monotone_results_are_reported() -> None:
     assert_one_minimal(result, verdict, no_deps)
     assert result.culprits == {"p0"}
     assert frozenset({"p0"}) in result.disagreements
+
+
+def test_ddmin_tests_subsets_and_complements_in_one_batch() -> None:
+    # The prefixes are untestable, so ddmin must find the pair {p0, p2}: a complement.
+    verdicts = {
+        frozenset(): Outcome.PASS,
+        frozenset({"p0", "p1", "p2"}): Outcome.FAIL,
+        frozenset({"p0", "p2"}): Outcome.FAIL,
+        frozenset({"p0"}): Outcome.PASS,
+        frozenset({"p2"}): Outcome.PASS,
+    }
+    result, oracle = run(names(3), lambda s: verdicts.get(s, Outcome.SKIP), jobs=3)
+    assert result.culprits == {"p0", "p2"}
+    assert oracle.batches == [
+        [frozenset(), frozenset({"p0", "p1", "p2"})],
+        # both split points, and the spare trial speculates on {p1} being the culprit
+        [frozenset({"p0"}), frozenset({"p0", "p1"}), frozenset({"p1"})],
+        [frozenset({"p1", "p2"})],  # ddmin, two chunks: {p0} is known
+        # three chunks: subsets {p1} and {p0} are known; {p2}, then complements
+        [frozenset({"p2"}), frozenset({"p0", "p2"})],
+    ]
+
+
+def test_a_known_failure_ends_the_order_before_new_sets() -> None:
+    # The prefixes are left unresolved, so ddmin runs; at three chunks the complement of
+    # the middle one closes to the whole failing set (known to fail): the complement after
+    # it must not be tested, whatever P is.
+    deps = {"p4": {"p2"}, "p1": {"p0"}, "p7": {"p4"}, "p8": {"p0"}}
+    order = ["p5", "p10", "p6", "p9", "p3", "p2", "p0", "p4", "p1", "p8", "p7"]
+    skip = {
+        frozenset({"p0", "p1", "p10", "p2", "p3", "p4", "p5", "p6", "p8", "p9"}),
+        frozenset({"p0", "p1", "p2", "p4", "p7", "p8"}),
+        frozenset({"p0", "p2", "p4"}),
+    }
+    truth = needs(frozenset({"p8"}))
+    closure = transitive(deps)
+    for jobs in (1, 2, 3):
+        result, oracle = run(
+            order, lambda s: Outcome.SKIP if s in skip else truth(s), closure, jobs
+        )
+        assert result.culprits == {"p8"}
+        assert frozenset({"p0", "p2", "p3", "p4", "p6", "p9"}) not in oracle.calls
 
 
 def test_rounds_number_the_batches() -> None:
@@ -371,3 +472,76 @@ def test_jobs_must_be_positive() -> None:
 def test_oracle_must_answer_every_subset() -> None:
     with pytest.raises(ValueError, match="outcomes"):
         bisect(["a"], no_deps, lambda batch: [Outcome.PASS])
+
+
+# -- the line search -------------------------------------------------------------------
+
+
+@PROPERTY
+@given(count=st.integers(2, 300), jobs=st.integers(1, 8), data=st.data())
+def test_line_search_takes_log_p_plus_one_rounds(
+    count: int, jobs: int, data: st.DataObject
+) -> None:
+    boundary = data.draw(st.integers(1, count - 1))
+    batches: list[list[int]] = []
+
+    def test(points: Sequence[int]) -> list[Outcome]:
+        assert 1 <= len(points) <= jobs
+        batches.append(list(points))
+        return [Outcome.FAIL if point >= boundary else Outcome.PASS for point in points]
+
+    found = first_failing(count, test, jobs=jobs)
+    assert (found.last_pass, found.first_fail) == (boundary - 1, boundary)
+    tested = [point for batch in batches for point in batch]
+    assert len(tested) == len(set(tested))
+    assert 0 not in tested and count - 1 not in tested  # the ends are known
+    assert len(batches) <= log_ceil(count - 1, jobs + 1)
+
+
+@PROPERTY
+@given(
+    count=st.integers(3, 120), jobs=st.integers(2, 6), seed=st.integers(0, 2**32), data=st.data()
+)
+def test_line_search_steps_around_unresolved_points_whatever_p(
+    count: int, jobs: int, seed: int, data: st.DataObject
+) -> None:
+    boundary = data.draw(st.integers(1, count - 1))
+
+    def verdict(point: int) -> Outcome:
+        if 0 < point < count - 1 and stable_hash(seed, point) % 3 == 0:
+            return Outcome.SKIP
+        return Outcome.FAIL if point >= boundary else Outcome.PASS
+
+    def batch(points: Sequence[int]) -> list[Outcome]:
+        return [verdict(point) for point in points]
+
+    alone = first_failing(count, batch)
+    parallel = first_failing(count, batch, jobs=jobs)
+    assert alone.last_pass < boundary <= alone.first_fail
+    assert all(verdict(point) is Outcome.SKIP for point in alone.unresolved)
+    # The boundary, and the untestable points that hide it, do not depend on P.
+    assert (parallel.last_pass, parallel.first_fail) == (alone.last_pass, alone.first_fail)
+
+
+@PROPERTY
+@given(count=st.integers(2, 300), jobs=st.integers(1, 8))
+def test_a_round_leaves_the_cheap_outcome_half_the_line(count: int, jobs: int) -> None:
+    # Only a round whose every trial passes is cheap (a failing trial waits out its time
+    # limit): the top part, which that round leaves, is the binary search's upper half,
+    # as far as the ⌈log_(P+1) n⌉ round bound allows.
+    batches: list[list[int]] = []
+
+    def test(points: Sequence[int]) -> list[Outcome]:
+        batches.append(list(points))
+        return [Outcome.FAIL for _ in points]
+
+    first_failing(count, test, jobs=jobs)
+    n = count - 1  # boundaries on the line
+    if n - 1 <= jobs:  # every point fits in one round
+        assert batches == ([list(range(1, n))] if n > 1 else [])
+        return
+    cap = (jobs + 1) ** (log_ceil(n, jobs + 1) - 1)  # what a part may hold
+    parts = [b - a for a, b in pairwise([0, *batches[0], n])]
+    assert max(parts) <= cap
+    assert parts[-1] == max(parts)
+    assert parts[-1] >= min(cap, n // 2, n - jobs)  # the points need room below it
