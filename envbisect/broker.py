@@ -172,7 +172,11 @@ class RabbitClient(BrokerClient):
                 "`rabbitmq-server -detached`, or point --broker-url / ENVBISECT_BROKER_URL at one)"
             ) from exc
         try:
-            yield connection.channel()
+            try:
+                channel = connection.channel()
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                raise BrokerError(f"lost RabbitMQ at {self.masked}: {_reason(exc)}") from exc
+            yield channel
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
@@ -214,7 +218,7 @@ class RabbitClient(BrokerClient):
         try:
             with self._channel() as channel:
                 frame = channel.queue_declare(queue, passive=True)  # type: ignore[attr-defined]
-        except (pika.exceptions.AMQPError, BrokerError):
+        except (pika.exceptions.AMQPError, BrokerError, OSError):
             return None
         return QueueState(ready=frame.method.message_count, consumers=frame.method.consumer_count)
 

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -634,10 +634,10 @@ class _Runner:
         """The trials of these futures, in order."""
         try:
             return [future.result() for future in futures]
-        except BaseException:
+        except BaseException as first:
             # This run is over: its other trials need not run to their time limits.
             processes.stop_all()
-            raise
+            raise _cause(first, futures) from None
 
     def _next_index(self) -> int:
         with self._lock:
@@ -862,3 +862,17 @@ def _unrun(
     diagnosis = Diagnosis.SKIPPED if outcome is Outcome.SKIP else Diagnosis.ENV_BUILD
     result = ProbeResult(outcome, diagnosis, detail)
     return Trial(index, phase, subset, outcome, (result,), 0.0, 0.0, 0.0, substitute=substitute)
+
+
+def _cause(first: BaseException, futures: Sequence[Future[Trial]]) -> BaseException:
+    """The error that ended a round: a reported one (a full disk, an interrupt)
+    outranks what stopping the round's other trials caused in them."""
+    if isinstance(first, EnvbisectError | processes.Interrupted | KeyboardInterrupt):
+        return first
+    wait(futures, timeout=30)  # stopped trials end in a second or two
+    for future in futures:
+        if future.done() and not future.cancelled():
+            error = future.exception()
+            if isinstance(error, EnvbisectError):
+                return error
+    return first

@@ -126,7 +126,9 @@ class CommandProbe(Probe):
                 exit_status=code,
             )
         last = next((line.strip() for line in reversed(evidence) if line.strip()), "")
-        detail = f"exit status {code}" + (f": {last[-200:]}" if last else "")
+        if len(last) > 200:
+            last = "…" + last[-199:]  # its end says most; the mark says it was cut
+        detail = f"exit status {code}" + (f": {last}" if last else "")
         return ProbeResult(
             Outcome.FAIL, Diagnosis.EXIT_STATUS, detail, evidence, timings, exit_status=code
         )

@@ -15,6 +15,7 @@ and the probe's queues are deleted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -239,7 +240,7 @@ class ConsumeProbe(Probe):
             return ProbeResult(
                 Outcome.FAIL,
                 Diagnosis.CONSUMER_ERRORS,
-                f"consumer error loop ({len(errors)} lines), first: {first.strip()[-200:]}"
+                f"consumer error loop ({len(errors)} lines), first: {_tail(first.strip())}"
                 f"{ignored}",
                 evidence,
                 timings,
@@ -391,7 +392,9 @@ class _Watch:
             selector.register(self.events, selectors.EVENT_READ, "event")
             pidfd = self.worker.pidfd()
             if pidfd is not None:
-                selector.register(pidfd, selectors.EVENT_READ, "exit")
+                # Stopped (and its pidfd closed) meanwhile: the exit is polled.
+                with contextlib.suppress(OSError, ValueError):
+                    selector.register(pidfd, selectors.EVENT_READ, "exit")
             while not done() and self.exited is None and self.setup_error is None:
                 left = min(started + limit() - time.monotonic(), self.limits.left())
                 if left <= 0:
@@ -464,3 +467,8 @@ def _from_our_user(ancillary: list[tuple[int, int, bytes]]) -> bool:
             _, uid, _ = _UCRED.unpack(data[: _UCRED.size])
             return bool(uid == os.getuid())
     return False
+
+
+def _tail(line: str, width: int = 200) -> str:
+    """The end of a long line, marked as cut."""
+    return line if len(line) <= width else "…" + line[-(width - 1) :]
