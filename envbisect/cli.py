@@ -21,13 +21,15 @@ from envbisect.broker import DEFAULT_URL, connect
 from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.masking import KNOWN_SECRETS, mask_urls, printable
+from envbisect.model import Finding, Verdict
+from envbisect.options import Options
 from envbisect.private_broker import PROGRAMS, Mode
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import Interrupted
 from envbisect.report import ConsoleObserver, console, error_json, render, to_json
-from envbisect.triage import Finding, Options, Verdict, triage
+from envbisect.triage import triage
 
 app = typer.Typer(
     add_completion=False,

@@ -178,6 +178,13 @@ class Delta:
         """The change to the package ``name`` (any spelling)."""
         return self.by_name[canonicalize_name(name)]
 
+    def counts(self) -> dict[str, int]:
+        """How many changes of each kind (``{"added": 40, "version": 38}``)."""
+        kinds: dict[str, int] = {}
+        for change in self.changes:
+            kinds[change.kind.value] = kinds.get(change.kind.value, 0) + 1
+        return kinds
+
     def trial(self, selected: Iterable[str]) -> dict[NormalizedName, Package]:
         """The package set of a trial: the good set with the selected changes applied."""
         packages = dict(self.good)

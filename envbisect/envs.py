@@ -34,7 +34,8 @@ from packaging.version import Version
 from envbisect import processes
 from envbisect.errors import EnvironmentBuildError, InputError, TimeLimitError
 from envbisect.inputs import read_requirement_file
-from envbisect.probes.base import TrialEnv, isolated_environ
+from envbisect.isolation import isolated_environ
+from envbisect.model import TrialEnv
 
 # Seconds an installer command may take (fetching from a slow index included).
 INSTALL_TIMEOUT = 1800.0
@@ -612,9 +613,16 @@ class Workspace:
     #: Idle envs kept for reuse; more are removed.
     MAX_IDLE = 4
 
-    def __init__(self, installer: Installer, run_token: str, *, keep: bool = False) -> None:
+    def __init__(
+        self,
+        installer: Installer,
+        run_token: str,
+        *,
+        python: Path | None = None,
+        keep: bool = False,
+    ) -> None:
         self.installer = installer
-        self.python = Path(sys.executable)  #: set to the bad side's interpreter once known
+        self.python = python or Path(sys.executable)  #: the trial envs' interpreter
         self.keep = keep
         # mkdtemp makes it 0700: the envs and sockets are private to the user.
         self.root = Path(tempfile.mkdtemp(prefix=f"envbisect-{run_token}-"))

@@ -2,8 +2,8 @@
 
 When the culprit is a version change a → b of one package, its releases
 strictly between a and b are listed by the run's installer, for the target
-interpreter and with the user's configuration (see
-:meth:`envbisect.envs.Installer.releases`; yanked releases are left out, and
+interpreter and with the user's configuration (the wheel source's
+:meth:`~envbisect.wheelsource.WheelSource.versions`; yanked releases are left out, and
 pre-releases unless an end is one), ordered from a towards b, and
 binary-searched with the rest of the environment fixed (see
 :func:`envbisect.search.first_failing`). The first release that fails is named.
@@ -11,53 +11,135 @@ binary-searched with the rest of the environment fixed (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
+from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from envbisect.delta import Change
-from envbisect.search import Outcome
+from envbisect.delta import Change, Delta, Package, unmet_requirements
+from envbisect.envs import InstallerError
+from envbisect.errors import EnvbisectError, TimeLimitError
+from envbisect.masking import mask_urls
+from envbisect.model import Narrowing, Outcome, Trial, Tried
+from envbisect.search import first_failing
+from envbisect.wheelsource import WheelSource
+
+Packages = Mapping[NormalizedName, Package]
 
 
-@dataclass(frozen=True)
-class Tried:
-    """One version of the culprit, tried in place of its bad version."""
+class Prober(Protocol):
+    """How narrowing gets its trials (the procedure numbers, runs and records them)."""
 
-    version: str
-    outcome: Outcome
-    trial: int  #: the trial that tried it (for the ends: the search's own trials)
-    detail: str = ""
+    def earlier(self, changes: frozenset[str]) -> Trial | None:
+        """A trial of exactly these changes that already ran, if any."""
+        ...
+
+    def narrowing(
+        self, changes: frozenset[str], sets: Sequence[tuple[Packages, Package | None]]
+    ) -> list[Trial]:
+        """Probe these package sets (each with the version it tries) at once."""
+        ...
+
+    def unrun(
+        self, changes: frozenset[str], outcome: Outcome, detail: str, tried: Package
+    ) -> Trial:
+        """A trial decided without a probe: the version cannot be fetched or installed."""
+        ...
 
 
-@dataclass(frozen=True)
-class Narrowing:
-    """The releases between a culprit's good and bad version, and which first fails."""
-
-    change: Change
-    versions: tuple[str, ...]  #: good version first, bad version last, releases between
-    tested: tuple[Tried, ...]
-    last_good: str | None  #: the last version (from the good end) that passes
-    first_bad: str | None  #: the first that fails; None when it was not narrowed (see note)
-    untestable: tuple[str, ...] = ()  #: between last_good and first_bad, could not be tried
-    note: str = ""
-
-    def describe(self) -> str:
-        """E.g. ``first bad pika version: 0.13.1 (last good 1.0.0; 4 of 12 releases tried)``."""
-        name = self.change.display_name
-        if self.first_bad is None:
-            return f"{name}: versions not narrowed: {self.note}"
-        head = f"first bad {name} version: {self.first_bad}"
-        between = len(self.versions) - 2
-        if not between:
-            return f"{head} (no release between it and {self.last_good})"
-        text = (
-            f"{head} (last good {self.last_good}; "
-            f"{len(self.tested) - 2} of {between} releases between tried)"
+def narrow(
+    change: Change,
+    failing: frozenset[str],
+    confirm: Trial,
+    *,
+    delta: Delta,
+    wheels: WheelSource,
+    prober: Prober,
+    jobs: int,
+    left: Callable[[], float],
+    say: Callable[[str], None],
+) -> Narrowing:
+    """The first release from the good towards the bad version that fails, the rest of the
+    culprit set (``failing``) fixed; ``confirm`` is the culprit set's confirmation trial."""
+    assert change.good is not None and change.bad is not None
+    good, bad = change.good.version, change.bad.version
+    ends = (good, bad)
+    try:
+        line = versions_between(wheels.versions(change.display_name, ends), good, bad)
+    except InvalidVersion:
+        return Narrowing(
+            change, ends, (), None, None, note=f"{good} or {bad} is not a PEP 440 version"
         )
-        if self.untestable:
-            text += f"; or one of the untestable {', '.join(self.untestable)}"
-        return text
+    except TimeLimitError:
+        note = "--max-time reached while listing its releases"
+        return Narrowing(change, ends, (), None, None, note=note)
+    except InstallerError as exc:
+        # The reason may quote an index URL, with its credentials.
+        note = mask_urls(f"{wheels.name} listed no release of {change.display_name}: {exc.reason}")
+        return Narrowing(change, ends, (), None, None, note=note)
+    say(
+        f"narrowing {change.describe()}: {len(line) - 2} release(s) between, "
+        "the rest of the culprit set fixed"
+    )
+    rest = failing - {change.name}
+    good_end = prober.earlier(rest) or prober.narrowing(rest, [(delta.trial(rest), None)])[0]
+    tried = [Tried(good, good_end.outcome, good_end.index, good_end.result.detail)]
+    tried.append(Tried(bad, confirm.outcome, confirm.index, confirm.result.detail))
+    if good_end.outcome is not Outcome.PASS:
+        note = f"with {change.display_name} {good} the rest of the culprit set fails too"
+        return Narrowing(change, tuple(line), tuple(tried), None, None, note=note)
+
+    def test(indices: Sequence[int]) -> list[Outcome]:
+        if left() <= 0:
+            return [Outcome.ERROR for _ in indices]  # --max-time: leave the rest untested
+        trials = _try_versions(change, failing, [line[i] for i in indices], delta, wheels, prober)
+        for index, trial in zip(indices, trials, strict=True):
+            tried.append(Tried(line[index], trial.outcome, trial.index, trial.result.detail))
+        return [trial.outcome for trial in trials]
+
+    boundary = first_failing(len(line), test, jobs=jobs)
+    return Narrowing(
+        change,
+        tuple(line),
+        tuple(sorted(tried, key=lambda t: line.index(t.version))),
+        last_good=line[boundary.last_pass],
+        first_bad=line[boundary.first_fail],
+        untestable=tuple(line[i] for i in boundary.unresolved),
+        note="--max-time reached while narrowing" if left() <= 0 else "",
+    )
+
+
+def _try_versions(
+    change: Change,
+    failing: frozenset[str],
+    versions: Sequence[str],
+    delta: Delta,
+    wheels: WheelSource,
+    prober: Prober,
+) -> list[Trial]:
+    """The culprit set with each of these versions of the change instead of its bad one."""
+    decided: dict[str, Trial] = {}
+    sets: dict[str, tuple[Packages, Package | None]] = {}
+    for version in versions:
+        pin = f"{change.display_name}=={version}"
+        try:
+            package = wheels.fetch([pin])[change.name]
+        except (EnvbisectError, KeyError) as exc:
+            missing = Package(change.name, change.display_name, version)
+            decided[version] = prober.unrun(
+                failing, Outcome.ERROR, f"cannot fetch {pin}: {exc}", missing
+            )
+            continue
+        packages = {**delta.trial(failing), change.name: package}
+        unmet = unmet_requirements(package, packages, delta.markers)
+        if unmet:
+            detail = f"untestable: {pin} needs {', '.join(unmet)}"
+            decided[version] = prober.unrun(failing, Outcome.SKIP, detail, package)
+        else:
+            sets[version] = (packages, package)
+    probed = dict(zip(sets, prober.narrowing(failing, list(sets.values())), strict=True))
+    return [decided.get(version) or probed[version] for version in versions]
 
 
 def versions_between(available: Sequence[str], good: str, bad: str) -> list[str]:

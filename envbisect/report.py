@@ -18,11 +18,9 @@ from rich.table import Table
 from envbisect import __version__
 from envbisect.delta import Change, ChangeKind, Delta
 from envbisect.masking import mask_urls, printable, scrub
-from envbisect.narrow import Narrowing
-from envbisect.search import Outcome
+from envbisect.model import Finding, Narrowing, Outcome, Trial, Verdict
 from envbisect.stacks import Stacks, ThreadStack
 from envbisect.startup import StartupHook
-from envbisect.triage import Finding, Trial, Verdict
 
 SCHEMA_VERSION = 1
 

@@ -47,16 +47,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import pairwise
 
-
-class Outcome(StrEnum):
-    """The result of probing one environment."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"  #: untestable (git-bisect exit 125)
-    FLAKY = "flaky"  #: repeated runs disagreed
-    ERROR = "error"  #: the trial could not be run (e.g. the env build failed)
-
+from envbisect.model import Outcome
 
 Subset = frozenset[str]
 #: Gets a batch of dependency-closed subsets, returns one outcome per subset in the same order.

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from envbisect.probes.base import Diagnosis, Later, Limits, ProbeResult, TrialEnv
+from envbisect.model import Diagnosis, Outcome, ProbeResult, TrialEnv
+from envbisect.probes.base import Later, Limits
 from envbisect.probes.command import CommandProbe
 from envbisect.processes import new_run_token
-from envbisect.search import Outcome
 
 
 def probe(tmp_path: Path, command: str, seconds: float = 30.0) -> ProbeResult:

@@ -13,7 +13,7 @@ import pytest
 
 from envbisect.envs import InstallerError, UvInstaller, _summary
 from envbisect.errors import TimeLimitError
-from envbisect.probes.base import isolated_environ
+from envbisect.isolation import isolated_environ
 
 
 def test_max_time_stops_an_installer_command(tmp_path: Path) -> None:

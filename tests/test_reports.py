@@ -15,13 +15,19 @@ from rich.console import Console
 
 from envbisect.ci import junit, markdown
 from envbisect.delta import ChangeKind, Delta, FileChange, LocalChange, Package
-from envbisect.narrow import Narrowing, Tried
-from envbisect.probes.base import Diagnosis, ProbeResult
+from envbisect.model import (
+    Diagnosis,
+    Finding,
+    Narrowing,
+    Outcome,
+    ProbeResult,
+    Trial,
+    Tried,
+    Verdict,
+)
 from envbisect.report import console, error_json, render, summary_line, to_json
-from envbisect.search import Outcome
 from envbisect.stacks import Frame, Stacks, ThreadStack
 from envbisect.startup import HookKind, StartupHook
-from envbisect.triage import Finding, Trial, Verdict
 
 from .conftest import SCHEMA, VALIDATOR
 from .test_delta import MARKERS, pkg, side

@@ -1,159 +1,19 @@
-"""What every probe shares: the trial it runs in, its result, and its interface."""
+"""What every probe shares: its time limits, its deferred clean-up, and its interface."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from envbisect.broker import BrokerClient
 from envbisect.masking import mask_urls
-from envbisect.processes import RUN_TOKEN_VAR
-from envbisect.search import Outcome
-from envbisect.stacks import Stacks
+from envbisect.model import ProbeResult, TrialEnv
 
 if TYPE_CHECKING:
     from envbisect.broker import BrokerClient
-
-
-class Diagnosis(StrEnum):
-    """Why a probe came out the way it did, told apart by evidence."""
-
-    CONSUMED = "consumed"  #: the actor ran inside the trial env
-    CRASHED = "crashed"  #: the worker exited (status and last stderr lines kept)
-    NEVER_READY = "never-ready"  #: the worker process is up but never finished booting
-    NOT_DELIVERED = "not-delivered"  #: worker ready, message still ready on the broker
-    DELIVERED_NOT_RUN = "delivered-not-run"  #: delivered (unacked), the actor never ran
-    CONSUMER_ERRORS = "consumer-errors"  #: the worker keeps restarting its consumer
-    ACTOR_ERROR = "actor-error"  #: the actor ran and raised
-    EXIT_STATUS = "exit-status"  #: a command probe's exit status decided
-    TIMED_OUT = "timed-out"  #: a command probe ran past its time limit
-    SKIPPED = "skipped"  #: a command probe said "untestable" (exit 125)
-    ENV_BUILD = "env-build-failed"  #: the trial env could not be built
-
-
-@dataclass(frozen=True)
-class LimitReached:
-    """A time limit ran out before the probe could pass: the result says "not within this"."""
-
-    limit: str  #: which one: "boot", "consume" or "command" (see :class:`Limits`)
-    waited: float  #: seconds the probe waited before it gave up
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One probe run: the verdict, why, and what was seen."""
-
-    outcome: Outcome
-    diagnosis: Diagnosis
-    detail: str  #: one line for humans
-    evidence: tuple[str, ...] = ()  #: last lines of the worker/command output
-    timings: Mapping[str, float] = field(default_factory=dict)  #: boot / wait / stop seconds
-    exit_status: int | None = None
-    #: The probe itself could not be set up in this env (a missing worker module, a
-    #: command that does not exist): not a verdict on the packages.
-    setup_error: str | None = None
-    #: Set when a time limit decided a failure (a stall, a slow boot): with a longer limit
-    #: the same run might have passed.
-    limit_reached: LimitReached | None = None
-    #: Every thread's stack of a worker that was alive but stuck, taken before it was
-    #: stopped (only where :attr:`Limits.take_stacks` asked for them); None when not sought.
-    stacks: Stacks | None = None
-
-    def __post_init__(self) -> None:
-        # Whatever probe made it, a result holds no credential: it goes to reports,
-        # the terminal and the outcome cache.
-        masked = {
-            "detail": mask_urls(self.detail),
-            "evidence": tuple(mask_urls(line) for line in self.evidence),
-            "setup_error": None if self.setup_error is None else mask_urls(self.setup_error),
-        }
-        for name, value in masked.items():
-            object.__setattr__(self, name, value)
-
-
-#: Variables of the user's environment that no trial process and no installer command
-#: inherits: each would put code, packages or settings other than the trial env's into
-#: play, or make an installer resolve, install or create differently than envbisect
-#: asked. The user's package configuration (indexes, find-links, credentials,
-#: certificates, proxies) is kept. See README, "Isolation".
-DROPPED_VARIABLES = frozenset(
-    {
-        # Python: what the interpreter imports, and from where.
-        "PYTHONPATH",  # puts foreign code first on sys.path (a stray dramatiq.py)
-        "PYTHONHOME",  # points the interpreter at another prefix's stdlib and packages
-        "PYTHONSTARTUP",  # runs the user's file in every interactive interpreter
-        "PYTHONUSERBASE",  # another user site: where --user installs go and come from
-        "PYTHONPLATLIBDIR",  # another lib dir name: the env's site-packages is not found
-        "VIRTUAL_ENV",  # another env counts as active (a trial sets its own)
-        "CONDA_PREFIX",  # an active conda env, which uv would take as the target
-        "__PYVENV_LAUNCHER__",  # macOS: the interpreter believes it runs another venv
-        # uv: what gets resolved or installed, and where.
-        "UV_CONSTRAINT",  # constraints beside the sides' own files
-        "UV_OVERRIDE",
-        "UV_EXCLUDE",
-        "UV_BUILD_CONSTRAINT",
-        "UV_PYTHON",  # another interpreter than the one envbisect names
-        "UV_SYSTEM_PYTHON",
-        "UV_REQUIRE_HASHES",  # refuses the repacked wheels (no hashes to check them by)
-        "UV_NO_EDITABLE",  # an editable of the good file would be installed as a copy
-        "UV_VENV_SEED",  # pip and setuptools in every trial env: packages neither side has
-        # pip: the same, for pip and pip-tools.
-        "PIP_CONSTRAINT",
-        "PIP_PYTHON",
-        "PIP_REQUIRE_HASHES",
-        "PIP_REQUIRE_VIRTUALENV",  # refuses fetching into a directory with a base Python
-        "PIP_TARGET",  # installs somewhere else than the env envbisect names
-        "PIP_PREFIX",
-        "PIP_ROOT",
-        "PIP_USER",
-    }
-)
-#: Every variable starting with one of these is dropped too: virtualenv's settings
-#: (``VIRTUALENV_SYSTEM_SITE_PACKAGES`` shows the system's packages in a trial env).
-DROPPED_PREFIXES = ("VIRTUALENV_",)
-
-
-def isolated_environ() -> dict[str, str]:
-    """The user's environment without :data:`DROPPED_VARIABLES` (and prefixes)."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key not in DROPPED_VARIABLES and not key.startswith(DROPPED_PREFIXES)
-    }
-
-
-@dataclass(frozen=True)
-class TrialEnv:
-    """A materialised trial environment and a private scratch directory for its probe."""
-
-    path: Path
-    scratch: Path
-
-    @property
-    def python(self) -> Path:
-        return self.path / "bin" / "python"
-
-    def run_dir(self) -> Path:
-        """A fresh directory for one probe run (repeats of a trial share the env, not this)."""
-        return Path(tempfile.mkdtemp(prefix="p", dir=self.scratch))
-
-    def environ(self, token: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment a process in this trial runs with: the user's, isolated
-        (see :data:`DROPPED_VARIABLES`) and pointed at the env."""
-        env = isolated_environ()
-        env["VIRTUAL_ENV"] = str(self.path)
-        env["PATH"] = f"{self.path / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
-        env[RUN_TOKEN_VAR] = token
-        env.update(extra or {})
-        return env
 
 
 class Limits:

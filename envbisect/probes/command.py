@@ -16,18 +16,9 @@ from pathlib import Path
 
 from envbisect.errors import InputError
 from envbisect.masking import mask_urls
-from envbisect.probes.base import (
-    Diagnosis,
-    Later,
-    LimitReached,
-    Limits,
-    Probe,
-    ProbeResult,
-    TrialEnv,
-    tail,
-)
+from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult, TrialEnv
+from envbisect.probes.base import Later, Limits, Probe, tail
 from envbisect.processes import Child
-from envbisect.search import Outcome
 
 SKIP_STATUS = 125
 NOT_FOUND_STATUS = 127

@@ -33,19 +33,9 @@ from typing import Any
 
 from envbisect.broker import BrokerClient, QueueState
 from envbisect.masking import mask_urls
-from envbisect.probes.base import (
-    Diagnosis,
-    Later,
-    LimitReached,
-    Limits,
-    Probe,
-    ProbeResult,
-    TrialEnv,
-    log_lines,
-    tail,
-)
+from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult, TrialEnv
+from envbisect.probes.base import Later, Limits, Probe, log_lines, tail
 from envbisect.processes import RUN_TOKEN_VAR, Child, Stopped, group_members
-from envbisect.search import Outcome
 from envbisect.stacks import Stacks, take
 
 PROBE_MODULE = Path(__file__).with_name("probe_module.py")

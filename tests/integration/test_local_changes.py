@@ -19,9 +19,11 @@ from uv import find_uv_bin
 from envbisect import processes
 from envbisect.envs import Workspace, installer
 from envbisect.errors import ExitCode
+from envbisect.hashing import FileHashes
 from envbisect.inputs import read_distributions, read_venv
-from envbisect.sources import Sources
+from envbisect.sides import SideReader, find_interpreter
 from envbisect.wheels import WheelCache
+from envbisect.wheelsource import Wheels
 
 from ..test_records import PACKAGE, install
 from .test_bad_input import envbisect as run_envbisect
@@ -109,13 +111,16 @@ def test_what_would_land_outside_the_scheme_is_left_out_with_one_warning(tmp_pat
     }
     install(bad, PACKAGE, listed=claimed)
     backend = installer("uv", tmp_path / "cache", tmp_path / "logs")
-    workspace = Workspace(backend, processes.new_run_token())
+    interpreter = find_interpreter(bad, None)
+    workspace = Workspace(backend, processes.new_run_token(), python=interpreter.executable)
     said: list[str] = []
     try:
-        sources = Sources(backend, WheelCache(tmp_path / "cache"), workspace, said.append)
-        side = sources.bad(bad, None)
-        workspace.python = side.interpreter.executable
-        trial, _ = workspace.build([side.wheels["demo"]], "t")
+        wheels = Wheels(
+            backend, WheelCache(tmp_path / "cache"), workspace, interpreter, said.append
+        )
+        hashes = FileHashes(tmp_path / "cache" / "file-hashes.sqlite3")
+        side = SideReader(backend, wheels, workspace, hashes, said.append).read_bad(bad)
+        trial, _ = workspace.build([wheels.wheel_for(side.packages["demo"])], "t")
         assert "the bad env's own" not in (trial.path / "pyvenv.cfg").read_text()
         assert str(bad) not in (trial.path / "bin" / "activate").read_text()
         done = subprocess.run(

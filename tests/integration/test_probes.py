@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from envbisect.broker import connect
-from envbisect.probes.base import Diagnosis, Later, Limits, ProbeResult, TrialEnv
+from envbisect.model import Diagnosis, Outcome, ProbeResult, TrialEnv
+from envbisect.probes.base import Later, Limits
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import new_run_token
-from envbisect.search import Outcome
 from envbisect.stacks import PY_SPY_VAR, short_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_debris")]

@@ -1,4 +1,4 @@
-"""Turn ``--bad`` and ``--good`` into pinned packages, each with a wheel on disk.
+"""Read ``--bad`` and ``--good`` into pinned packages (their wheels go to the wheel source).
 
 The bad side is the source of truth: a live env is read and repacked as it is
 installed; a lock (``uv.lock``, ``pylock.toml``) or a frozen requirements file
@@ -21,8 +21,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,56 +32,71 @@ from envbisect.envs import Installer, InstallerError, Workspace
 from envbisect.errors import EnvironmentBuildError, InputError
 from envbisect.hashing import FileHashes
 from envbisect.inputs import (
-    InstalledDistribution,
     InstalledEnv,
     Interpreter,
     RequirementFile,
     interpreter_from,
     is_virtualenv,
     query_interpreter,
-    read_distributions,
     read_requirement_file,
     read_venv,
 )
 from envbisect.locks import InputKind, input_kind, read_lock
-from envbisect.wheels import NotRepackable, Wheel, WheelCache
+from envbisect.model import Venv
+from envbisect.wheelsource import Wheels, package_of
 
 Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Side:
-    """One side of the comparison: pinned packages, each with a wheel."""
+    """One side of the comparison: pinned packages for one interpreter."""
 
     label: str
     packages: Mapping[NormalizedName, Package]
-    wheels: Mapping[NormalizedName, Path]
     interpreter: Interpreter
     root_extras: Mapping[NormalizedName, frozenset[str]]
 
 
-class Sources:
-    """Reads both sides and provides their wheels (repacked, cached, or fetched)."""
+def find_interpreter(bad: Path, python: Path | None) -> Interpreter:
+    """The interpreter of the trial envs: the bad env's own, else ``--python``, else
+    envbisect's. Known before anything is built, so the workspace is made for it."""
+    if is_virtualenv(bad):
+        venv_python = Venv(bad).python
+        if not venv_python.exists():
+            read_venv(bad)  # raises the right one-line error
+        return interpreter_from(
+            query_interpreter(venv_python, label=f"{bad}: its interpreter {venv_python}")
+        )
+    executable = python or Path(getattr(sys, "_base_executable", sys.executable))
+    label = f"--python {python}" if python else f"envbisect's own Python {executable}"
+    return interpreter_from(query_interpreter(executable, label=label))
+
+
+class SideReader:
+    """Reads both sides; every wheel it repacks or fetches goes to ``wheels``."""
 
     def __init__(
-        self, installer: Installer, cache: WheelCache, workspace: Workspace, say: Say
+        self,
+        installer: Installer,
+        wheels: Wheels,
+        workspace: Workspace,
+        hashes: FileHashes,
+        say: Say,
     ) -> None:
         self.installer = installer
-        self.cache = cache
+        self.wheels = wheels
         self.workspace = workspace
-        self.say = say
-        #: every wheel repacked so far: what resolving the good set may pick versions from
-        self.wheelhouse = workspace.scratch("wheelhouse")
-        #: the same without locally modified ones: where a clean release may come from
-        self.clean_wheelhouse = workspace.scratch("wheelhouse-clean")
+        self.interpreter = wheels.interpreter
         #: digests of a live env's files, kept across runs (envbisect's scratch envs: not)
-        self.hashes = FileHashes(cache.root / "file-hashes.sqlite3")
+        self.hashes = hashes
+        self.say = say
 
-    def bad(self, path: Path, python: Path | None) -> Side:
+    def read_bad(self, path: Path) -> Side:
         """The failing side: a live virtualenv, a lock file or a frozen requirements file."""
         if is_virtualenv(path):
             env = self._read_live(path)
-            return self._side(str(path), env.distributions.values(), env.interpreter, {})
+            return Side(str(path), self.wheels.add(env.distributions.values()), env.interpreter, {})
         if path.is_dir() or not path.exists():
             read_venv(path)  # raises the right one-line error
         if input_kind(path) is InputKind.REQUIREMENTS:
@@ -97,9 +111,9 @@ class Sources:
                     f"{loose[0].origin}: a failing side in requirements form must be pinned "
                     f"like `pip freeze` output, got {loose[0].text!r}"
                 )
-        return self._materialise(path, self.interpreter(python), "bad")
+        return self._materialise(path, "bad")
 
-    def good(self, path: Path, bad: Side) -> Side:
+    def read_good(self, path: Path, bad: Side) -> Side:
         """The working side: a live virtualenv, a lock, or a requirements file, pinned or not.
 
         A lock and a hash-pinned requirements file (complete by pip's rules) are installed
@@ -112,12 +126,13 @@ class Sources:
                     f"{path}: Python {env.interpreter.version}, but the bad side runs "
                     f"{bad.interpreter.version}; compare envs of one Python version"
                 )
-            return self._side(str(path), env.distributions.values(), bad.interpreter, {})
+            packages = self.wheels.add(env.distributions.values())
+            return Side(str(path), packages, bad.interpreter, {})
         if input_kind(path) is not InputKind.REQUIREMENTS:
-            return self._materialise(path, bad.interpreter, "good")
+            return self._materialise(path, "good")
         requirements = read_requirement_file(path)
         if requirements.pinned and all(line.hashes for line in requirements.lines):
-            return self._materialise(path, bad.interpreter, "good")
+            return self._materialise(path, "good")
         pins, direct = self._resolve(requirements, bad)
         same = {
             name: bad.packages[name]
@@ -128,24 +143,21 @@ class Sources:
         reused = {name: package for name, package in same.items() if not package.local_changes}
         missing = [f"{name}=={version}" for name, version in pins.items() if name not in reused]
         fetched = self._fetch_clean(missing, [p for p in same.values() if p.local_changes], bad)
-        fetched.update(self._install_direct(path, direct, bad.interpreter) if direct else {})
-        packages = {**reused, **{name: pkg for name, (pkg, _) in fetched.items()}}
-        wheels = {name: bad.wheels[name] for name in reused}
-        wheels.update({name: wheel for name, (_, wheel) in fetched.items()})
+        fetched.update(self._install_direct(path, direct) if direct else {})
         extras: dict[NormalizedName, frozenset[str]] = {}
         for line in requirements.lines:
             if line.requirement and line.requirement.extras and line.name:
                 extras[line.name] = frozenset(canonicalize_name(x) for x in line.requirement.extras)
-        return Side(str(path), packages, wheels, bad.interpreter, extras)
+        return Side(str(path), {**reused, **fetched}, bad.interpreter, extras)
 
     def _fetch_clean(
         self, pins: list[str], modified: list[Package], bad: Side
-    ) -> dict[NormalizedName, tuple[Package, Path]]:
+    ) -> dict[NormalizedName, Package]:
         """Fetch ``pins``, the clean releases of the bad side's ``modified`` packages among them."""
         if not pins:
             return {}
         try:
-            return self.fetch(pins, bad.interpreter)
+            return self.wheels.fetch(pins)
         except EnvironmentBuildError as exc:
             if not (modified and self.installer.offline):
                 raise
@@ -167,14 +179,15 @@ class Sources:
             f"{self.hashes.reused - reused} unchanged since the last run) from {path} "
             f"in {time.monotonic() - started:.1f} s"
         )
-        for package in map(_package, env.distributions.values()):
+        for package in map(package_of, env.distributions.values()):
             if package.local_changes:
                 self.say(f"{package}, {package.local_summary()}")
         return env
 
-    def _materialise(self, path: Path, interpreter: Interpreter, role: str) -> Side:
+    def _materialise(self, path: Path, role: str) -> Side:
         """Install a lock or a frozen requirements file as it stands into a scratch env, read it."""
         kind = input_kind(path)
+        interpreter = self.interpreter
         scratch = self.workspace.scratch(f"{role}-env")
         extras: dict[NormalizedName, frozenset[str]] = {}
         if kind is InputKind.REQUIREMENTS:
@@ -196,13 +209,7 @@ class Sources:
             raise EnvironmentBuildError(f"{path}: {exc}") from exc
         env = read_venv(scratch)
         self.say(f"installed {len(env.distributions)} pinned distributions from {path}")
-        return self._side(str(path), env.distributions.values(), interpreter, extras)
-
-    def interpreter(self, python: Path | None) -> Interpreter:
-        """The interpreter trial envs are made from when no live env names one."""
-        executable = python or Path(getattr(sys, "_base_executable", sys.executable))
-        label = f"--python {python}" if python else f"envbisect's own Python {executable}"
-        return interpreter_from(query_interpreter(executable, label=label))
+        return Side(str(path), self.wheels.add(env.distributions.values()), interpreter, extras)
 
     def _resolve(
         self, requirements: RequirementFile, bad: Side
@@ -215,7 +222,9 @@ class Sources:
         )
         python = bad.interpreter.executable
         try:
-            self.installer.resolve(requirements.path, output, python, self.wheelhouse, offline=True)
+            self.installer.resolve(
+                requirements.path, output, python, self.wheels.wheelhouse, offline=True
+            )
         except InstallerError as offline:
             if self.installer.offline:
                 raise EnvironmentBuildError(
@@ -226,7 +235,7 @@ class Sources:
             self.say("the bad side's versions cannot satisfy the good set; asking the index")
             try:
                 self.installer.resolve(
-                    requirements.path, output, python, self.wheelhouse, offline=False
+                    requirements.path, output, python, self.wheels.wheelhouse, offline=False
                 )
             except InstallerError as exc:
                 raise EnvironmentBuildError(
@@ -245,9 +254,7 @@ class Sources:
         self.say(f"resolved {requirements.path} to {len(pins)} pins{more}")
         return pins, direct
 
-    def _install_direct(
-        self, path: Path, references: list[str], interpreter: Interpreter
-    ) -> dict[NormalizedName, tuple[Package, Path]]:
+    def _install_direct(self, path: Path, references: list[str]) -> dict[NormalizedName, Package]:
         """Install direct references as they are (no deps) into a scratch env, repack them.
 
         An editable one stays editable: its repacked wheel points at its source.
@@ -255,85 +262,14 @@ class Sources:
         listing = self.workspace.scratch("direct") / "good.txt"
         listing.write_text("".join(f"{reference}\n" for reference in references))
         scratch = self.workspace.scratch("good-direct-env")
-        self.installer.create(scratch, interpreter.executable)
+        self.installer.create(scratch, self.interpreter.executable)
         try:
             self.installer.install_requirements(scratch, listing)
         except EnvironmentBuildError as exc:
             raise EnvironmentBuildError(f"{path}: {exc}", disk_full=exc.disk_full) from exc
         dists = read_venv(scratch).distributions
         self.say(f"installed {', '.join(d.pin for d in dists.values())} from {path} as written")
-        return {
-            name: (_package(dist), wheel.path)
-            for name, (dist, wheel) in self._repack(dists.values(), interpreter).items()
-        }
-
-    def fetch(
-        self, pins: list[str], interpreter: Interpreter
-    ) -> dict[NormalizedName, tuple[Package, Path]]:
-        """Fetch these pins from the index (no deps) and repack them: package and wheel."""
-        self.say(f"fetching {', '.join(pins)}")
-        staging = self.workspace.scratch(f"fetch-{len(pins)}-{abs(hash(tuple(pins)))}")
-        self.installer.fetch(pins, staging, interpreter.executable, self.clean_wheelhouse)
-        dists = read_distributions((staging,))
-        return {
-            name: (_package(dist), wheel.path)
-            for name, (dist, wheel) in self._repack(dists.values(), interpreter).items()
-        }
-
-    def _side(
-        self,
-        label: str,
-        dists: Iterable[InstalledDistribution],
-        interpreter: Interpreter,
-        extras: Mapping[NormalizedName, frozenset[str]],
-    ) -> Side:
-        repacked = self._repack(dists, interpreter)
-        packages = {name: _package(dist) for name, (dist, _) in repacked.items()}
-        wheels = {name: wheel.path for name, (_, wheel) in repacked.items()}
-        return Side(label, packages, wheels, interpreter, extras)
-
-    def _repack(
-        self, dists: Iterable[InstalledDistribution], interpreter: Interpreter
-    ) -> dict[NormalizedName, tuple[InstalledDistribution, Wheel]]:
-        dists = list(dists)
-        repacked: dict[NormalizedName, tuple[InstalledDistribution, Wheel]] = {}
-        unpackable: list[InstalledDistribution] = []
-
-        def one(dist: InstalledDistribution) -> None:
-            try:
-                repacked[dist.name] = (dist, self.cache.repack(dist))
-            except NotRepackable:
-                unpackable.append(dist)
-
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="envbisect-repack") as pool:
-            list(pool.map(one, dists))
-        for dist, wheel in repacked.values():
-            if dist.left_out:
-                self.say(
-                    f"warning: {dist.pin}: left out of its repacked wheel: {_some(dist.left_out)}"
-                )
-            houses = (
-                [self.wheelhouse]
-                if dist.local_changes
-                else [self.wheelhouse, self.clean_wheelhouse]
-            )
-            for house in houses:
-                link = house / wheel.path.name
-                if not link.exists():
-                    link.symlink_to(wheel.path)
-        if unpackable:
-            pins = [dist.pin for dist in unpackable]
-            if self.installer.offline:
-                raise EnvironmentBuildError(
-                    f"{', '.join(pins)}: installed without a RECORD, so not repackable, and "
-                    "--offline keeps the index out"
-                )
-            self.say(f"{len(pins)} distribution(s) cannot be repacked; fetching: {', '.join(pins)}")
-            staging = self.workspace.scratch("fetch-unrepackable")
-            self.installer.fetch(pins, staging, interpreter.executable, self.clean_wheelhouse)
-            for name, dist in read_distributions((staging,)).items():
-                repacked[name] = (dist, self.cache.repack(dist))
-        return repacked
+        return self.wheels.add(dists.values())
 
 
 def _origin(requirements: RequirementFile, reason: str) -> str:
@@ -351,20 +287,3 @@ def _origin(requirements: RequirementFile, reason: str) -> str:
         label = "line" if len(numbers) == 1 else "lines"
         return f"{file} ({label} {', '.join(numbers)})"
     return ", ".join(named)
-
-
-def _package(dist: InstalledDistribution) -> Package:
-    return Package(
-        name=dist.name,
-        display_name=dist.display_name,
-        version=dist.version,
-        requires=dist.requires,
-        digest=dist.content_digest,
-        editable=dist.editable,
-        local_changes=dist.local_changes,
-    )
-
-
-def _some(items: tuple[str, ...], most: int = 3) -> str:
-    shown = ", ".join(items[:most])
-    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
