@@ -72,6 +72,10 @@ class Package:
         return f"locally modified: {shown}" + (f" and {more} more" if more > 0 else "")
 
 
+#: A package set: what a trial installs, by name.
+Packages = Mapping[NormalizedName, Package]
+
+
 class ChangeKind(StrEnum):
     ADDED = "added"
     REMOVED = "removed"

@@ -11,21 +11,18 @@ binary-searched with the rest of the environment fixed (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from envbisect.delta import Change, Delta, Package, unmet_requirements
+from envbisect.delta import Change, Delta, Package, Packages, unmet_requirements
 from envbisect.envs import InstallerError
 from envbisect.errors import EnvbisectError, TimeLimitError
 from envbisect.masking import mask_urls
 from envbisect.model import Narrowing, Outcome, Trial, Tried
 from envbisect.search import first_failing
 from envbisect.wheelsource import WheelSource
-
-Packages = Mapping[NormalizedName, Package]
 
 
 class Prober(Protocol):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from envbisect.limits import Limits
 from envbisect.private_broker import Mode
-from envbisect.probes.base import Limits
 
 
 @dataclass(frozen=True)

@@ -16,26 +16,23 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from packaging.utils import NormalizedName
-
 from envbisect import processes
-from envbisect.delta import Package
+from envbisect.delta import Package, Packages
 from envbisect.envs import BuildTimings, Workspace
 from envbisect.errors import EnvbisectError, EnvironmentBuildError
 from envbisect.leftovers import Ledger
+from envbisect.limits import Limits
 from envbisect.masking import mask_urls
 from envbisect.model import Diagnosis, Outcome, Phase, ProbeResult, Trial, TrialEnv
 from envbisect.outcomes import OutcomeCache
-from envbisect.probes.base import Later, Limits, Probe
+from envbisect.probes.base import Later, Probe
 from envbisect.wheelsource import WheelSource
-
-Packages = Mapping[NormalizedName, Package]
 
 
 @dataclass(frozen=True)

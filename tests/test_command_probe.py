@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from envbisect.limits import Limits
 from envbisect.model import Diagnosis, Outcome, ProbeResult, TrialEnv
-from envbisect.probes.base import Later, Limits
+from envbisect.probes.base import Later
 from envbisect.probes.command import CommandProbe
 from envbisect.processes import new_run_token
 

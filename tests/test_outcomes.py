@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from envbisect.inputs import Interpreter
+from envbisect.limits import Limits
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult
 from envbisect.outcomes import OutcomeCache, probe_variables, run_context
-from envbisect.probes.base import Limits
 from envbisect.stacks import Frame, Stacks, ThreadStack
 
 from .test_delta import MARKERS, pkg

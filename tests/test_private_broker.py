@@ -19,9 +19,10 @@ from envbisect import cli
 from envbisect.broker import BrokerClient, QueueState
 from envbisect.cli import main
 from envbisect.errors import BrokerError, BrokerUnreachable, ExitCode, InputError
+from envbisect.limits import Limits
 from envbisect.model import ProbeResult, TrialEnv
 from envbisect.private_broker import Mode, PrivateBroker, check_client, executable, plan
-from envbisect.probes.base import Later, Limits, Probe
+from envbisect.probes.base import Later, Probe
 from envbisect.probes.consume import ConsumeProbe
 from envbisect.processes import processes_with_token
 

@@ -15,18 +15,18 @@ import pytest
 from packaging.markers import default_environment
 from packaging.utils import NormalizedName, canonicalize_name
 
-from envbisect.delta import Delta, Package
+from envbisect.delta import Delta, Package, Packages
 from envbisect.errors import EnvironmentBuildError, InputError
 from envbisect.inputs import Interpreter
+from envbisect.limits import Limits
 from envbisect.model import Diagnosis, Outcome, Phase, ProbeResult, Trial, TrialEnv, Verdict
 from envbisect.options import Options
-from envbisect.probes.base import Later, Limits, Probe
+from envbisect.probes.base import Later, Probe
 from envbisect.procedure import Procedure
 from envbisect.sides import Side
 from envbisect.trials import TrialRequest
 from envbisect.wheelsource import WheelSource
 
-Packages = Mapping[NormalizedName, Package]
 Script = Callable[[Packages, int], Outcome]  # (package set, how often seen before) → outcome
 
 

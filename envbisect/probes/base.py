@@ -2,73 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envbisect.limits import Limits
 from envbisect.masking import mask_urls
 from envbisect.model import ProbeResult, TrialEnv
 
 if TYPE_CHECKING:
     from envbisect.broker import BrokerClient
-
-
-class Limits:
-    """Time limits for one probe, which the runner may tighten while probes run.
-
-    The consume-probe reads them on every wake-up, so the bad-set sanity probe,
-    started together with the good one, picks up the adaptive limit as soon as
-    the good probe has measured a healthy worker.
-    """
-
-    def __init__(
-        self,
-        *,
-        boot: float = 60.0,
-        consume: float = 30.0,
-        grace: float = 0.5,
-        command: float = 600.0,
-        hard_deadline: float | None = None,
-        stop_before_verdict: bool = True,
-        take_stacks: bool = True,
-    ) -> None:
-        self._lock = threading.Lock()
-        self._boot, self._consume = boot, consume
-        self.grace = grace  #: SIGTERM → SIGKILL
-        #: Stop a failing worker before giving the verdict, so that the evidence says whether
-        #: it ignored SIGTERM; else after it, off the critical path (the search's trials).
-        self.stop_before_verdict = stop_before_verdict
-        #: Take a stuck worker's stacks before stopping it: the evidence is worth the time
-        #: (~0.1 s with py-spy, a few s when no tool works) where it is shown; not in the
-        #: search's trials, which must stay fast.
-        self.take_stacks = take_stacks
-        self.command = command  #: a command probe's whole run
-        self.hard_deadline = hard_deadline  #: time.monotonic() by which everything must end
-
-    @property
-    def boot(self) -> float:
-        """Worker start → ready."""
-        with self._lock:
-            return self._boot
-
-    @property
-    def consume(self) -> float:
-        """Worker ready → actor ran."""
-        with self._lock:
-            return self._consume
-
-    def tighten(self, *, boot: float, consume: float) -> None:
-        with self._lock:
-            self._boot, self._consume = min(self._boot, boot), min(self._consume, consume)
-
-    def left(self) -> float:
-        """Seconds before the run's hard deadline (infinite without --max-time)."""
-        if self.hard_deadline is None:
-            return float("inf")
-        return self.hard_deadline - time.monotonic()
 
 
 class Later:

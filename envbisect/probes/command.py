@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envbisect.errors import InputError
+from envbisect.limits import Limits
 from envbisect.masking import mask_urls
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult, TrialEnv
-from envbisect.probes.base import Later, Limits, Probe, tail
+from envbisect.probes.base import Later, Probe, tail
 from envbisect.processes import Child
 
 SKIP_STATUS = 125

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from envbisect.broker import BrokerClient, QueueState
+from envbisect.limits import Limits
 from envbisect.masking import mask_urls
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult, TrialEnv
-from envbisect.probes.base import Later, Limits, Probe, log_lines, tail
+from envbisect.probes.base import Later, Probe, log_lines, tail
 from envbisect.processes import RUN_TOKEN_VAR, Child, Stopped, group_members
 from envbisect.stacks import Stacks, take
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from envbisect.broker import connect
+from envbisect.limits import Limits
 from envbisect.model import Diagnosis, Outcome, ProbeResult, TrialEnv
-from envbisect.probes.base import Later, Limits
+from envbisect.probes.base import Later
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import new_run_token
 from envbisect.stacks import PY_SPY_VAR, short_path
