@@ -66,24 +66,6 @@ class EnvironmentBuildError(EnvbisectError):
         return cls(f"{what}: {exc.strerror or exc}", disk_full=full)
 
 
-class GoodFailsError(EnvbisectError):
-    """The good set fails the probe, so it cannot serve as the baseline."""
-
-    exit_code = ExitCode.GOOD_FAILS
-
-
-class BadPassesError(EnvbisectError):
-    """The bad set passes the probe, so there is nothing to find."""
-
-    exit_code = ExitCode.BAD_PASSES
-
-
-class InconsistentError(EnvbisectError):
-    """The probe results do not single out a minimal failing set."""
-
-    exit_code = ExitCode.INCONSISTENT
-
-
 class TimeLimitError(EnvbisectError):
     """The whole run went past --max-time."""
 
