@@ -28,7 +28,8 @@ from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import Interrupted
-from envbisect.report import ConsoleObserver, console, error_json, render, to_json
+from envbisect.report import ConsoleObserver, console, render
+from envbisect.reportjson import error_json, to_json
 from envbisect.triage import triage
 
 app = typer.Typer(

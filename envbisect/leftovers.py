@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envbisect import processes
+from envbisect import processes, procfs
 from envbisect.broker import BrokerClient
 from envbisect.envs import remove_tree
 from envbisect.errors import BrokerError
@@ -42,11 +42,11 @@ class Process:
 
     @classmethod
     def of(cls, pid: int) -> Process | None:
-        started = processes.started_at(pid)
+        started = procfs.started_at(pid)
         return None if started is None else cls(pid, started)
 
     def alive(self) -> bool:
-        return processes.started_at(self.pid) == self.started
+        return procfs.started_at(self.pid) == self.started
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def sweep(tmpdir: Path, broker: BrokerClient | None) -> dict[str, Removed]:
         swept[record.token] = remove_run(
             record.token, root, broker if same_broker else None, keep=record.keep
         )
-    for pid, carried in processes.carried_tokens().items():
+    for pid, carried in procfs.carried_tokens().items():
         token = _TOKEN.fullmatch(carried)
         if (
             token is None
@@ -215,8 +215,8 @@ def sweep(tmpdir: Path, broker: BrokerClient | None) -> dict[str, Removed]:
             or not _ours(Path(f"/proc/{pid}"))
         ):
             continue
-        owner, started = int(token[2]), processes.started_at(pid)
-        owner_started = processes.started_at(owner)
+        owner, started = int(token[2]), procfs.started_at(pid)
+        owner_started = procfs.started_at(owner)
         # A process cannot start before the run that started it: an owner pid that is
         # younger than the process is another program that got the pid.
         if owner_started is not None and (started is None or owner_started <= started):

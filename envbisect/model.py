@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from envbisect.isolation import isolated_environ
 from envbisect.masking import mask_urls
-from envbisect.processes import RUN_TOKEN_VAR
+from envbisect.procfs import RUN_TOKEN_VAR
 
 if TYPE_CHECKING:
     from packaging.utils import NormalizedName

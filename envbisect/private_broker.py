@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
-from envbisect import processes
+from envbisect import processes, procfs
 from envbisect.broker import BrokerClient, connect
 from envbisect.errors import BrokerError, BrokerUnreachable, InputError
 from envbisect.masking import KNOWN_SECRETS, mask_urls
@@ -269,7 +269,7 @@ class PrivateBroker:
 
     def _groups(self) -> set[int]:
         groups = set()
-        for pid in processes.processes_with_token(self.token):
+        for pid in procfs.processes_with_token(self.token):
             with contextlib.suppress(ProcessLookupError):
                 groups.add(os.getpgid(pid))
         return groups
@@ -301,7 +301,7 @@ def _environ(token: str) -> dict[str, str]:
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("RABBITMQ_", "ERL_"))
     }
-    env[processes.RUN_TOKEN_VAR] = token
+    env[procfs.RUN_TOKEN_VAR] = token
     return env
 
 

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import envbisect
-from envbisect import processes
+from envbisect import processes, procfs
 from envbisect.leftovers import Process, remove_run
 from envbisect.masking import mask_urls
 
@@ -48,7 +48,7 @@ class Watchdog:
     def start(cls, token: str, root: Path, broker_url: str | None, *, keep: bool) -> Watchdog:
         """Start the watchdog of run ``token`` (temp dir ``root``, queues on ``broker_url``)."""
         read, write = os.pipe()  # both ends non-inheritable; the watchdog gets `read` as stdin
-        env = {k: v for k, v in os.environ.items() if k != processes.RUN_TOKEN_VAR}
+        env = {k: v for k, v in os.environ.items() if k != procfs.RUN_TOKEN_VAR}
         # Its working directory is /: make sure it imports this very envbisect.
         package_root = str(Path(envbisect.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))

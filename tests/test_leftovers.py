@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from envbisect import processes
+from envbisect import procfs
 from envbisect.leftovers import Ledger, Process, RunRecord, sweep
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -106,7 +106,7 @@ def test_processes_of_dead_runs_are_killed_and_of_live_runs_not(
     tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     def carrying(token: str) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(SLEEP, env={**os.environ, processes.RUN_TOKEN_VAR: token})
+        child = subprocess.Popen(SLEEP, env={**os.environ, procfs.RUN_TOKEN_VAR: token})
         started.append(child)
         return child
 
@@ -125,14 +125,14 @@ def test_processes_of_dead_runs_are_killed_and_of_live_runs_not(
     worker.stdin.write(f"{reused}-t01r0\n".encode())
     worker.stdin.close()
     deadline = time.monotonic() + 60
-    while processes.processes_with_token(reused) != [worker.pid]:
+    while procfs.processes_with_token(reused) != [worker.pid]:
         assert time.monotonic() < deadline, "the worker never took its token"
         time.sleep(0.02)
     swept = sweep(tmp_path, None)
     # Killed (and reaped by the sweep, as it reaps what it kills among its own children).
     dead.wait(60)
     worker.wait(60)
-    assert processes.processes_with_token(gone) == processes.processes_with_token(reused) == []
+    assert procfs.processes_with_token(gone) == procfs.processes_with_token(reused) == []
     assert live.poll() is None
     assert younger.poll() is None
     # Other dead runs' processes on this machine may be swept too; ours are exactly these.

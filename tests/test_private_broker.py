@@ -24,7 +24,7 @@ from envbisect.model import ProbeResult, TrialEnv
 from envbisect.private_broker import Mode, PrivateBroker, check_client, executable, plan
 from envbisect.probes.base import Later, Probe
 from envbisect.probes.consume import ConsumeProbe
-from envbisect.processes import processes_with_token
+from envbisect.procfs import processes_with_token
 
 from .conftest import ROOT
 

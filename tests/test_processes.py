@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from envbisect import processes
-from envbisect.processes import RUN_TOKEN_VAR, Child
+from envbisect import processes, procfs
+from envbisect.processes import Child
+from envbisect.procfs import RUN_TOKEN_VAR
 
 IGNORES_SIGTERM = """
 import signal, sys, time
@@ -57,14 +58,14 @@ def test_stragglers_that_left_the_group_are_found_by_token(tmp_path: Path) -> No
     child = Child([sys.executable, "-c", ESCAPES], env=env, output=log)
     wait_for(log, "forked")
     deadline = time.monotonic() + 60
-    while len(processes.processes_with_token("testtok")) < 2:
+    while len(procfs.processes_with_token("testtok")) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     child.stop(grace=0.2)
-    escaped = processes.processes_with_token("testtok")
+    escaped = procfs.processes_with_token("testtok")
     assert escaped, "the setsid grandchild survives a group kill"
     assert processes.kill_stragglers("testtok") == escaped
-    assert processes.processes_with_token("testtok") == []
+    assert procfs.processes_with_token("testtok") == []
 
 
 def test_run_reports_exit_status_and_output(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from envbisect.model import (
     Tried,
     Verdict,
 )
-from envbisect.report import console, error_json, render, summary_line, to_json
+from envbisect.report import console, render, summary_line
+from envbisect.reportjson import error_json, to_json
 from envbisect.stacks import Frame, Stacks, ThreadStack
 from envbisect.startup import HookKind, StartupHook
 

@@ -15,28 +15,25 @@ and the probe's queues are deleted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import re
-import selectors
 import shutil
 import socket
-import struct
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from envbisect.broker import BrokerClient, QueueState
 from envbisect.limits import Limits
-from envbisect.masking import mask_urls
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult, TrialEnv
 from envbisect.probes.base import Later, Probe, log_lines, tail
-from envbisect.processes import RUN_TOKEN_VAR, Child, Stopped, group_members
+from envbisect.probes.watch import Watch
+from envbisect.processes import Child, Stopped
+from envbisect.procfs import RUN_TOKEN_VAR, group_members
 from envbisect.stacks import Stacks, take
 
 PROBE_MODULE = Path(__file__).with_name("probe_module.py")
@@ -139,7 +136,7 @@ class ConsumeProbe(Probe):
                 worker = Child(argv, env=trial.environ(token, extra), cwd=run_dir, output=log)
                 # The user's actor is known once the worker has imported their module.
                 on_adopt = send if self.worker is not None else None
-                watch = _Watch(worker, events, message_id, trial.path, limits, on_adopt)
+                watch = Watch(worker, events, message_id, trial.path, limits, on_adopt)
                 watch.until_ready()
                 if watch.ready_at is not None and watch.ran_at is None and watch.exited is None:
                     watch.until_ran()
@@ -166,7 +163,7 @@ class ConsumeProbe(Probe):
         return self._verdict(watch, state, log, timings, killed, stacks=stacks)
 
     def _stacks(
-        self, worker: Child, watch: _Watch, run_dir: Path, limits: Limits, token: str
+        self, worker: Child, watch: Watch, run_dir: Path, limits: Limits, token: str
     ) -> Stacks | None:
         """Every thread's stack of a worker alive but stuck, where the limits ask for them.
 
@@ -193,7 +190,7 @@ class ConsumeProbe(Probe):
 
     def _verdict(
         self,
-        watch: _Watch,
+        watch: Watch,
         state: QueueState | None,
         log: Path,
         timings: dict[str, float],
@@ -204,7 +201,7 @@ class ConsumeProbe(Probe):
 
     def _diagnose(
         self,
-        watch: _Watch,
+        watch: Watch,
         state: QueueState | None,
         log: Path,
         timings: dict[str, float],
@@ -240,7 +237,7 @@ class ConsumeProbe(Probe):
         return _silent(state, timings, evidence, ignored)
 
     def _crashed(
-        self, watch: _Watch, evidence: tuple[str, ...], timings: dict[str, float]
+        self, watch: Watch, evidence: tuple[str, ...], timings: dict[str, float]
     ) -> ProbeResult:
         last = next((line for line in reversed(evidence) if line.strip()), "no output")
         detail = (
@@ -270,7 +267,7 @@ class ConsumeProbe(Probe):
         )
 
 
-def _ran(watch: _Watch, evidence: tuple[str, ...], timings: dict[str, float]) -> ProbeResult:
+def _ran(watch: Watch, evidence: tuple[str, ...], timings: dict[str, float]) -> ProbeResult:
     if watch.ran_in is not None and Path(watch.ran_in).resolve() != watch.env.resolve():
         return ProbeResult(
             Outcome.ERROR,
@@ -338,126 +335,6 @@ def _silent(
         timings,
         limit_reached=limit,
     )
-
-
-class _Watch:
-    """Follows one worker: its events on the socket and its exit via pidfd."""
-
-    def __init__(
-        self,
-        worker: Child,
-        events: socket.socket,
-        message_id: str,
-        env: Path,
-        limits: Limits,
-        on_adopt: Callable[[str], None] | None,
-    ) -> None:
-        self.worker = worker
-        self.events = events
-        self.message_id = message_id
-        self.env = env
-        self.limits = limits
-        self.on_adopt = on_adopt
-        self.started = worker.started
-        self.ready_at: float | None = None
-        self.ran_at: float | None = None
-        self.ran_in: str | None = None
-        self.error: str | None = None  #: the actor's exception, if it raised
-        self.setup_error: str | None = None  #: why the probe could not be set up
-        self.broker_id: str | None = None
-        self.exited: int | None = None
-        self.ended_at: float | None = None
-
-    def until_ready(self) -> None:
-        self._follow(
-            lambda: self.ready_at is not None or self.ran_at is not None,
-            lambda: self.limits.boot,
-        )
-
-    def until_ran(self) -> None:
-        self._follow(lambda: self.ran_at is not None, lambda: self.limits.consume)
-
-    def _follow(self, done: Callable[[], bool], limit: Callable[[], float]) -> None:
-        started = time.monotonic()
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.events, selectors.EVENT_READ, "event")
-            pidfd = self.worker.pidfd()
-            if pidfd is not None:
-                # Stopped (and its pidfd closed) meanwhile: the exit is polled.
-                with contextlib.suppress(OSError, ValueError):
-                    selector.register(pidfd, selectors.EVENT_READ, "exit")
-            while not done() and self.exited is None and self.setup_error is None:
-                left = min(started + limit() - time.monotonic(), self.limits.left())
-                if left <= 0:
-                    break
-                # Wake up now and then: the limit may be tightened meanwhile, and
-                # without a pidfd the worker's exit has to be polled.
-                for key, _ in selector.select(min(left, 0.1)):
-                    if key.data == "event":
-                        self._read_event()
-                if not done():
-                    self._check_exit()
-        self.ended_at = time.monotonic()
-
-    def _read_event(self) -> None:
-        payload, ancillary, _, _ = self.events.recvmsg(65536, _CREDENTIALS_SPACE)
-        if not _from_our_user(ancillary):
-            return
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            return
-        now = time.monotonic()
-        kind = event.get("event")
-        if kind == "ready" and self.ready_at is None:
-            self.ready_at = now
-            self.broker_id = event.get("broker_id")
-        elif kind == "adopted" and self.on_adopt is not None:
-            self.on_adopt(str(event.get("actor")))
-        elif kind == "error":
-            self.setup_error = mask_urls(str(event.get("message")))
-        elif kind == "ran" and event.get("token") == self.message_id:
-            self.ran_at = now
-            self.ran_in = str(event.get("prefix"))
-            # Masked before anything cuts it short: a cut URL is no longer recognised.
-            error = event.get("error")
-            self.error = None if error is None else mask_urls(str(error))
-            if self.ready_at is None:
-                self.ready_at = now
-
-    def _check_exit(self) -> None:
-        code = self.worker.poll()
-        if code is not None:
-            # Drain what the worker said before it died: a late "ran" still counts.
-            self.events.setblocking(False)
-            try:
-                while True:
-                    self._read_event()
-            except BlockingIOError:
-                pass
-            finally:
-                self.events.setblocking(True)
-            if self.ran_at is None:
-                self.exited = code
-
-    def timings(self) -> dict[str, float]:
-        end = self.ran_at or self.ended_at or time.monotonic()
-        if self.ready_at is None:
-            return {"boot": end - self.started, "wait": 0.0}
-        return {"boot": self.ready_at - self.started, "wait": end - self.ready_at}
-
-
-_UCRED = struct.Struct("3i")  # pid, uid, gid
-_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
-
-
-def _from_our_user(ancillary: list[tuple[int, int, bytes]]) -> bool:
-    """Only processes of our own user may report (what a 0700 directory ensured before)."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            _, uid, _ = _UCRED.unpack(data[: _UCRED.size])
-            return bool(uid == os.getuid())
-    return False
 
 
 def _tail(line: str, width: int = 200) -> str:

@@ -28,7 +28,7 @@ from envbisect.broker import connect
 from envbisect.cli import main
 from envbisect.errors import ExitCode
 from envbisect.private_broker import PrivateBroker, executable
-from envbisect.processes import processes_with_token
+from envbisect.procfs import processes_with_token
 
 from ..conftest import (
     NO_DEBRIS,
