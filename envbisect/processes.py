@@ -98,6 +98,9 @@ class Child:
         self.pid = self._popen.pid
         self.started = time.monotonic()
         self._pidfd: int | None = None
+        # stop() may be called from two threads at once (a trial's own clean-up and an
+        # interrupt's stop_all): one stops, the other waits for it; the pidfd is closed once.
+        self._stopping = threading.Lock()
         with contextlib.suppress(OSError, AttributeError):
             self._pidfd = os.pidfd_open(self.pid)
         _REGISTRY.add(self)
@@ -118,6 +121,10 @@ class Child:
 
     def stop(self, grace: float = 1.0) -> Stopped:
         """SIGTERM the group, wait ``grace`` seconds, SIGKILL the group, reap it all."""
+        with self._stopping:
+            return self._stop(grace)
+
+    def _stop(self, grace: float) -> Stopped:
         killed = False
         if self._popen.poll() is None or _group_alive(self.pid):
             _signal_group(self.pid, signal.SIGTERM)

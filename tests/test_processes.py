@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,3 +145,27 @@ def test_a_hangup_is_an_interrupt_like_sigterm() -> None:
     finally:
         signal.signal(signal.SIGHUP, outer)
         processes.reset()
+
+
+def test_two_threads_stopping_one_child_close_its_pidfd_once() -> None:
+    # A trial's own clean-up and an interrupt's stop_all() may stop one child at once:
+    # this raised EBADF (the second thread closed the pidfd the first had closed).
+    errors: list[BaseException] = []
+    for _ in range(300):
+        child = Child(["true"], env=dict(os.environ))
+        child.wait(60)
+        barrier = threading.Barrier(2)
+
+        def stop(child: Child = child, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                child.stop(grace=0.2)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=stop) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert errors == []
