@@ -19,9 +19,9 @@ from packaging.version import InvalidVersion, Version
 from envbisect.delta import Change, Delta, Package, Packages, unmet_requirements
 from envbisect.envs import InstallerError
 from envbisect.errors import EnvbisectError, TimeLimitError
+from envbisect.linesearch import first_failing
 from envbisect.masking import mask_urls
 from envbisect.model import Narrowing, Outcome, Trial, Tried
-from envbisect.search import first_failing
 from envbisect.wheelsource import WheelSource
 
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from envbisect.linesearch import first_failing
 from envbisect.model import Outcome
 from envbisect.narrow import versions_between
-from envbisect.search import first_failing
 
 PIKA = ["1.5.0rc1", "1.4.4", "1.4.2", "1.3.0", "1.3.0rc5", "1.0.0", "1.0.0b2", "0.13.1", "0.12.0"]
 

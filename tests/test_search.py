@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from envbisect.linesearch import first_failing
 from envbisect.model import Outcome
-from envbisect.search import SearchResult, SearchStatus, Subset, bisect, first_failing
+from envbisect.search import SearchResult, SearchStatus, Subset, bisect
 
 PROPERTY = settings(max_examples=200, deadline=None)
 FEW = settings(max_examples=60, deadline=None)
