@@ -8,6 +8,9 @@ for VCS, URL and path sources) that the installer backends install as they
 stand, with no resolution: a lock is materialised like a frozen requirements
 file. The project a ``uv.lock`` belongs to (its workspace members, installed
 editable or not at all by ``uv sync``) is not a dependency and is left out.
+
+Both formats' readers stay in this one module (~380 lines): they share the
+marker evaluation and the pin output of ``_Reader``, and differ only in layout.
 """
 
 from __future__ import annotations

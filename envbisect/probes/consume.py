@@ -34,7 +34,8 @@ from envbisect.probes.base import Later, Probe, log_lines, tail
 from envbisect.probes.watch import Watch
 from envbisect.processes import Child, Stopped
 from envbisect.procfs import RUN_TOKEN_VAR, group_members
-from envbisect.stacks import Stacks, take
+from envbisect.stackdump import take
+from envbisect.stacks import Stacks
 
 PROBE_MODULE = Path(__file__).with_name("probe_module.py")
 BUILTIN_ACTOR = "envbisect_probe"

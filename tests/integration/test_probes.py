@@ -14,7 +14,8 @@ from envbisect.model import Diagnosis, Outcome, ProbeResult, TrialEnv
 from envbisect.probes.base import Later
 from envbisect.probes.consume import ConsumeProbe, UserWorker
 from envbisect.processes import new_run_token
-from envbisect.stacks import PY_SPY_VAR, short_path
+from envbisect.stackdump import PY_SPY_VAR
+from envbisect.stacks import short_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_debris")]
 
