@@ -17,13 +17,14 @@ import typer
 from platformdirs import user_cache_dir
 
 from envbisect import processes
-from envbisect.broker import DEFAULT_URL, connect
+from envbisect.brokers import connect
+from envbisect.brokers.base import DEFAULT_URL
+from envbisect.brokers.private import PROGRAMS, Mode
 from envbisect.ci import junit, markdown
 from envbisect.errors import EnvbisectError, ExitCode, InputError
 from envbisect.masking import KNOWN_SECRETS, mask_urls, printable
 from envbisect.model import Finding, Verdict
 from envbisect.options import Options
-from envbisect.private_broker import PROGRAMS, Mode
 from envbisect.probes.base import Probe
 from envbisect.probes.command import CommandProbe, import_probe
 from envbisect.probes.consume import ConsumeProbe, UserWorker

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envbisect import processes, procfs
-from envbisect.broker import BrokerClient
+from envbisect.brokers.base import BrokerClient
 from envbisect.envs import remove_tree
 from envbisect.errors import BrokerError
 

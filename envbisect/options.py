@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from envbisect.brokers.private import Mode
 from envbisect.limits import Limits
-from envbisect.private_broker import Mode
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import TracebackType
 
 from envbisect import processes
-from envbisect.broker import BrokerClient
+from envbisect.brokers.base import BrokerClient
+from envbisect.brokers.private import PrivateBroker, check_client, plan
 from envbisect.delta import Delta
 from envbisect.envs import Installer, Workspace, installer
 from envbisect.errors import EnvironmentBuildError, TimeLimitError
@@ -27,7 +28,6 @@ from envbisect.masking import mask_urls
 from envbisect.model import Finding, Observer
 from envbisect.options import Options
 from envbisect.outcomes import OutcomeCache, run_context
-from envbisect.private_broker import PrivateBroker, check_client, plan
 from envbisect.probes.base import Probe
 from envbisect.procedure import Procedure
 from envbisect.sides import SideReader, find_interpreter

@@ -101,7 +101,7 @@ def main() -> int:
         return 0
     broker = None
     if run["broker"]:
-        from envbisect.broker import connect
+        from envbisect.brokers import connect
 
         broker = connect(run["broker"])
     root = Path(run["root"])

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from envbisect import cli
-from envbisect.broker import BrokerClient, QueueState
+from envbisect.brokers.base import BrokerClient, QueueState
+from envbisect.brokers.private import Mode, PrivateBroker, check_client, executable, plan
 from envbisect.cli import main
 from envbisect.errors import BrokerError, BrokerUnreachable, ExitCode, InputError
 from envbisect.limits import Limits
 from envbisect.model import ProbeResult, TrialEnv
-from envbisect.private_broker import Mode, PrivateBroker, check_client, executable, plan
 from envbisect.probes.base import Later, Probe
 from envbisect.probes.consume import ConsumeProbe
 from envbisect.procfs import processes_with_token

@@ -12,7 +12,7 @@ from envbisect.masking import mask_urls
 from envbisect.model import ProbeResult, TrialEnv
 
 if TYPE_CHECKING:
-    from envbisect.broker import BrokerClient
+    from envbisect.brokers.base import BrokerClient
 
 
 class Later:

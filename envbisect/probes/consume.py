@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envbisect.broker import BrokerClient, QueueState
+from envbisect.brokers.base import BrokerClient, QueueState
 from envbisect.limits import Limits
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult, TrialEnv
 from envbisect.probes.base import Later, Probe, log_lines, tail

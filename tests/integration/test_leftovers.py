@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from envbisect.broker import connect
+from envbisect.brokers import connect
 from envbisect.errors import BrokerError, ExitCode
 
 from ..conftest import ROOT, debris, envbisect_tempdirs

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from envbisect import cli, private_broker
-from envbisect.broker import connect
+from envbisect import cli
+from envbisect.brokers import connect
+from envbisect.brokers import private as private_broker
+from envbisect.brokers.private import PrivateBroker, executable
 from envbisect.cli import main
 from envbisect.errors import ExitCode
-from envbisect.private_broker import PrivateBroker, executable
 from envbisect.procfs import processes_with_token
 
 from ..conftest import (

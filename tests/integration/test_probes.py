@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from envbisect.broker import connect
+from envbisect.brokers import connect
 from envbisect.limits import Limits
 from envbisect.model import Diagnosis, Outcome, ProbeResult, TrialEnv
 from envbisect.probes.base import Later

@@ -1,4 +1,4 @@
-"""``python -m envbisect.reaper PROGRAM [ARG...]``: run a service as a child subreaper.
+"""``python -m envbisect.brokers.reaper PROGRAM [ARG...]``: run a service as a child subreaper.
 
 PROGRAM runs in this process's group, and every process re-parented here while it
 runs is reaped. A private RabbitMQ needs it: at every boot, short-lived Erlang
@@ -22,7 +22,7 @@ from envbisect.processes import become_subreaper
 def main(argv: Sequence[str]) -> int:
     """Run ``argv`` and reap every child until it ends; its exit status."""
     if not argv:
-        print("usage: python -m envbisect.reaper PROGRAM [ARG...]", file=sys.stderr)
+        print("usage: python -m envbisect.brokers.reaper PROGRAM [ARG...]", file=sys.stderr)
         return 2
     become_subreaper()
     pid = os.fork()
@@ -30,7 +30,9 @@ def main(argv: Sequence[str]) -> int:
         try:
             os.execvp(argv[0], list(argv))
         except OSError as exc:
-            print(f"envbisect.reaper: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
+            print(
+                f"envbisect.brokers.reaper: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr
+            )
         os._exit(127)
     while True:
         reaped, status = os.wait()

@@ -9,7 +9,7 @@ files are used or touched. RabbitMQ gets an epmd of its own, on a port of its
 own: the machine's epmd is never used, so whose epmd to stop is never a question.
 
 Every process of it carries the run's token (the sweep after a SIGKILLed
-envbisect finds them by it) and runs under ``python -m envbisect.reaper``, which
+envbisect finds them by it) and runs under ``python -m envbisect.brokers.reaper``, which
 reaps the orphans of its boot. :meth:`PrivateBroker.stop` kills its process
 group, then the groups of those that left it (epmd, Erlang's port programs),
 found by the token, and removes its directory.
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 from envbisect import processes, procfs
-from envbisect.broker import BrokerClient, connect
+from envbisect.brokers import connect
+from envbisect.brokers.base import BrokerClient
 from envbisect.errors import BrokerError, BrokerUnreachable, InputError
 from envbisect.masking import KNOWN_SECRETS, mask_urls
 
@@ -214,8 +215,8 @@ class PrivateBroker:
                 argv += ["--dir", str(directory)]
                 url = f"redis://:{password}@127.0.0.1:{port}/0"
             log = directory / "server.log"
-            # Under a parent that reaps its orphans (see envbisect.reaper).
-            argv = [sys.executable, "-I", "-m", "envbisect.reaper", *argv]
+            # Under a parent that reaps its orphans (see envbisect.brokers.reaper).
+            argv = [sys.executable, "-I", "-m", "envbisect.brokers.reaper", *argv]
             child = processes.Child(argv, env=env, cwd=directory, output=log, service=True)
             self._child = child
         client = connect(url)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from envbisect.broker import _TIMEOUT, BrokerClient, QueueState, message
+from envbisect.brokers.base import TIMEOUT, BrokerClient, QueueState, message
 from envbisect.errors import BrokerError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+T = TypeVar("T")
 
 _NAMESPACE = "dramatiq"
 
@@ -15,18 +21,18 @@ _NAMESPACE = "dramatiq"
 class RedisClient(BrokerClient):
     """Redis: messages in ``dramatiq:<queue>`` (ids) and ``…msgs`` (bodies)."""
 
-    def _client(self) -> object:
+    def _client(self) -> Redis:
         import redis
 
         return redis.Redis.from_url(
-            self.url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT
+            self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
         )
 
-    def _call(self, what: str, action: object) -> object:
+    def _call(self, what: str, action: Callable[[], T]) -> T:
         import redis
 
         try:
-            return action()  # type: ignore[operator]
+            return action()
         except redis.AuthenticationError as exc:
             raise BrokerError(f"Redis at {self.masked} refused the credentials") from exc
         except (redis.RedisError, OSError) as exc:
@@ -34,7 +40,7 @@ class RedisClient(BrokerClient):
 
     def check(self) -> None:
         client = self._client()
-        info = self._call("reach", lambda: client.info("server"))  # type: ignore[attr-defined]
+        info = self._call("reach", lambda: client.info("server"))
         version = info.get("redis_version", "unknown") if isinstance(info, dict) else "unknown"
         self.server = f"Redis {version}"
 
@@ -48,7 +54,7 @@ class RedisClient(BrokerClient):
     ) -> None:
         from dramatiq.brokers.redis import RedisBroker
 
-        broker = RedisBroker(url=self.url, middleware=[], socket_timeout=_TIMEOUT)  # type: ignore[no-untyped-call]
+        broker = RedisBroker(url=self.url, middleware=[], socket_timeout=TIMEOUT)  # type: ignore[no-untyped-call]
         try:
             broker.declare_queue(queue)
             probe = message(queue, actor, args, kwargs, message_id)
@@ -57,7 +63,7 @@ class RedisClient(BrokerClient):
             client = self._client()
             self._call(
                 "clean up",
-                lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", broker.broker_id),  # type: ignore[attr-defined]
+                lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", broker.broker_id),
             )
         finally:
             with contextlib.suppress(Exception):
@@ -66,9 +72,9 @@ class RedisClient(BrokerClient):
     def state(self, queue: str) -> QueueState | None:
         client = self._client()
         try:
-            ready = int(self._call("read", lambda: client.llen(f"{_NAMESPACE}:{queue}")))  # type: ignore[attr-defined, call-overload]
+            ready = int(self._call("read", lambda: client.llen(f"{_NAMESPACE}:{queue}")))
             ack_keys = self._ack_keys(client, queue)
-            unacked = sum(int(client.scard(key)) for key in ack_keys)  # type: ignore[attr-defined, misc]
+            unacked = sum(int(self._call("read", partial(client.scard, key))) for key in ack_keys)
         except BrokerError:
             return None
         return QueueState(ready=ready, consumers=-1, unacked=unacked)
@@ -79,7 +85,7 @@ class RedisClient(BrokerClient):
             # A killed worker could not remove its own heartbeat.
             self._call(
                 "clean up",
-                lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", worker_id),  # type: ignore[attr-defined]
+                lambda: client.zrem(f"{_NAMESPACE}:__heartbeats__", worker_id),
             )
         keys = [
             f"{_NAMESPACE}:{queue}{suffix}"
@@ -87,14 +93,14 @@ class RedisClient(BrokerClient):
         ]
         # A queue is a list of message ids plus a hash of the messages: either counts.
         removed = sum(
-            bool(self._call("read", lambda key=key: client.exists(key, f"{key}.msgs")))  # type: ignore[attr-defined]
+            bool(self._call("read", partial(client.exists, key, f"{key}.msgs")))
             for key in keys[::2]
         )
         keys += self._ack_keys(client, queue)
-        self._call("clean up", lambda: client.delete(*keys))  # type: ignore[attr-defined]
+        self._call("clean up", lambda: client.delete(*keys))
         return removed
 
-    def _ack_keys(self, client: object, queue: str) -> list[str]:
+    def _ack_keys(self, client: Redis, queue: str) -> list[str]:
         pattern = f"{_NAMESPACE}:__acks__.*.{queue}"
-        found = self._call("read", lambda: list(client.scan_iter(match=pattern)))  # type: ignore[attr-defined]
-        return [key.decode() if isinstance(key, bytes) else str(key) for key in found]  # type: ignore[attr-defined]
+        found = self._call("read", lambda: list(client.scan_iter(match=pattern)))
+        return [key.decode() if isinstance(key, bytes) else str(key) for key in found]
