@@ -1,7 +1,7 @@
 """The two baselines envbisect is measured against, as installer backends.
 
 Both run the same search as envbisect (they are plugged into it through
-``envbisect.envs.INSTALLERS``); what differs is how each trial's environment is
+``envbisect.installers.INSTALLERS``); what differs is how each trial's environment is
 made — and the benchmark runs them with a fixed 30 s probe timeout, no
 parallel trials and no prebuilt envs, as such tools do today:
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from envbisect.envs import PipInstaller, UvInstaller
+from envbisect.installers.pip import PipInstaller
+from envbisect.installers.uv import UvInstaller
 
 
 class NaiveInstaller(PipInstaller):

@@ -16,11 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import NaiveInstaller, UvPerTrialInstaller
 
-from envbisect import envs
+from envbisect import installers
 from envbisect.cli import main
 
-envs.INSTALLERS["naive"] = NaiveInstaller
-envs.INSTALLERS["uv-per-trial"] = UvPerTrialInstaller
+installers.INSTALLERS["naive"] = NaiveInstaller
+installers.INSTALLERS["uv-per-trial"] = UvPerTrialInstaller
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from envbisect import processes, procfs
 from envbisect.brokers.base import BrokerClient
-from envbisect.envs import remove_tree
 from envbisect.errors import BrokerError
+from envbisect.removal import remove_tree
 
 RECORD = "run.json"
 QUEUES = "queues"

@@ -17,8 +17,8 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from envbisect.delta import Change, Delta, Package, Packages, unmet_requirements
-from envbisect.envs import InstallerError
 from envbisect.errors import EnvbisectError, TimeLimitError
+from envbisect.installers.base import InstallerError
 from envbisect.linesearch import first_failing
 from envbisect.masking import mask_urls
 from envbisect.model import Narrowing, Outcome, Trial, Tried

@@ -34,10 +34,10 @@ from packaging.utils import NormalizedName
 
 from envbisect import __version__
 from envbisect.delta import Package
-from envbisect.inputs import Interpreter
 from envbisect.limits import Limits
 from envbisect.masking import scrub
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult
+from envbisect.venvs import Interpreter
 
 #: Environment variables whose values a probe is known to read (matched without regard to
 #: case): the interpreter's own (``PYTHON*``), Dramatiq's (``dramatiq_*``), gevent's, pika's,

@@ -28,22 +28,22 @@ from pathlib import Path
 from packaging.utils import NormalizedName, canonicalize_name
 
 from envbisect.delta import Package
-from envbisect.envs import Installer, InstallerError, Workspace
 from envbisect.errors import EnvironmentBuildError, InputError
 from envbisect.hashing import FileHashes
-from envbisect.inputs import (
+from envbisect.installers.base import Installer, InstallerError
+from envbisect.locks import InputKind, input_kind, read_lock
+from envbisect.model import Venv
+from envbisect.requirements import RequirementFile, read_requirement_file
+from envbisect.venvs import (
     InstalledEnv,
     Interpreter,
-    RequirementFile,
     interpreter_from,
     is_virtualenv,
     query_interpreter,
-    read_requirement_file,
     read_venv,
 )
-from envbisect.locks import InputKind, input_kind, read_lock
-from envbisect.model import Venv
 from envbisect.wheelsource import Wheels, package_of
+from envbisect.workspace import Workspace
 
 Say = Callable[[str], None]
 

@@ -19,10 +19,10 @@ from envbisect import processes
 from envbisect.brokers.base import BrokerClient
 from envbisect.brokers.private import PrivateBroker, check_client, plan
 from envbisect.delta import Delta
-from envbisect.envs import Installer, Workspace, installer
 from envbisect.errors import EnvironmentBuildError, TimeLimitError
 from envbisect.hashing import FileHashes
-from envbisect.inputs import Interpreter
+from envbisect.installers import installer
+from envbisect.installers.base import Installer
 from envbisect.leftovers import Ledger, Process, RunRecord, sweep
 from envbisect.masking import mask_urls
 from envbisect.model import Finding, Observer
@@ -32,9 +32,11 @@ from envbisect.probes.base import Probe
 from envbisect.procedure import Procedure
 from envbisect.sides import SideReader, find_interpreter
 from envbisect.trials import LocalRunner
+from envbisect.venvs import Interpreter
 from envbisect.watchdog import Watchdog
 from envbisect.wheels import WheelCache
 from envbisect.wheelsource import Wheels
+from envbisect.workspace import Workspace
 
 
 def triage(options: Options, probe: Probe, observer: Observer) -> Finding:

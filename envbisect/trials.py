@@ -24,7 +24,6 @@ from typing import Protocol
 
 from envbisect import processes
 from envbisect.delta import Package, Packages
-from envbisect.envs import BuildTimings, Workspace
 from envbisect.errors import EnvbisectError, EnvironmentBuildError
 from envbisect.leftovers import Ledger
 from envbisect.limits import Limits
@@ -33,6 +32,7 @@ from envbisect.model import Diagnosis, Outcome, Phase, ProbeResult, Trial, Trial
 from envbisect.outcomes import OutcomeCache
 from envbisect.probes.base import Later, Probe
 from envbisect.wheelsource import WheelSource
+from envbisect.workspace import BuildTimings, Workspace
 
 
 @dataclass(frozen=True)

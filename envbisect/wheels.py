@@ -28,8 +28,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from envbisect.errors import EnvironmentBuildError
-from envbisect.inputs import InstalledDistribution
 from envbisect.records import packed_chunks, packed_digest
+from envbisect.venvs import InstalledDistribution
 
 
 @dataclass(frozen=True)

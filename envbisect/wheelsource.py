@@ -20,10 +20,11 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 
 from envbisect.delta import Package
-from envbisect.envs import Installer, Workspace
 from envbisect.errors import EnvironmentBuildError
-from envbisect.inputs import InstalledDistribution, Interpreter, read_distributions
+from envbisect.installers.base import Installer
+from envbisect.venvs import InstalledDistribution, Interpreter, read_distributions
 from envbisect.wheels import NotRepackable, Wheel, WheelCache
+from envbisect.workspace import Workspace
 
 Say = Callable[[str], None]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from envbisect.envs import InstallerError, UvInstaller, _summary
 from envbisect.errors import TimeLimitError
+from envbisect.installers.base import InstallerError, summary
+from envbisect.installers.uv import UvInstaller
 from envbisect.isolation import isolated_environ
 
 
@@ -37,7 +38,7 @@ def test_installer_logs_do_not_pile_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("output", "summary"),
+    ("output", "expected"),
     [
         (
             "error: No solution found when resolving dependencies\n"
@@ -58,8 +59,8 @@ def test_installer_logs_do_not_pile_up(tmp_path: Path) -> None:
     ],
     ids=["uv", "old-uv", "pip", "disk-full", "silent"],
 )
-def test_summary_says_why(output: str, summary: str) -> None:
-    assert _summary(output).startswith(summary)
+def test_summary_says_why(output: str, expected: str) -> None:
+    assert summary(output).startswith(expected)
 
 
 def test_the_dropped_variables_are_dropped_and_the_rest_kept(
@@ -91,7 +92,7 @@ def mode(path: Path) -> int:
 def remove_as_a_user(path: Path) -> subprocess.CompletedProcess[str]:
     """``envs.remove_tree(path)`` in a process that read-only dirs stop."""
     script = (
-        "import sys; from pathlib import Path; from envbisect.envs import remove_tree; "
+        "import sys; from pathlib import Path; from envbisect.removal import remove_tree; "
         "remove_tree(Path(sys.argv[1]))"
     )
     return subprocess.run(

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from packaging.markers import default_environment
 
 from envbisect.errors import InputError
-from envbisect.inputs import read_requirement_file
 from envbisect.locks import InputKind, read_lock
+from envbisect.requirements import read_requirement_file
 
 
 def _lock_reader(kind: InputKind) -> Callable[[Path], object]:

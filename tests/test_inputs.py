@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from envbisect.errors import InputError
-from envbisect.inputs import read_requirement_file, read_venv
+from envbisect.requirements import read_requirement_file
+from envbisect.venvs import read_venv
 
 
 def write(path: Path, text: str) -> Path:

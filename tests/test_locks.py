@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from envbisect.errors import InputError
-from envbisect.inputs import read_requirement_file
 from envbisect.locks import InputKind, Lock, input_kind, read_lock
+from envbisect.requirements import read_requirement_file
 
 from .conftest import ROOT
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from envbisect.inputs import Interpreter
 from envbisect.limits import Limits
 from envbisect.model import Diagnosis, LimitReached, Outcome, ProbeResult
 from envbisect.outcomes import OutcomeCache, probe_variables, run_context
 from envbisect.stacks import Frame, Stacks, ThreadStack
+from envbisect.venvs import Interpreter
 
 from .test_delta import MARKERS, pkg
 

@@ -17,7 +17,6 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from envbisect.delta import Delta, Package, Packages
 from envbisect.errors import EnvironmentBuildError, InputError
-from envbisect.inputs import Interpreter
 from envbisect.limits import Limits
 from envbisect.model import Diagnosis, Outcome, Phase, ProbeResult, Trial, TrialEnv, Verdict
 from envbisect.options import Options
@@ -25,6 +24,7 @@ from envbisect.probes.base import Later, Probe
 from envbisect.procedure import Procedure
 from envbisect.sides import Side
 from envbisect.trials import TrialRequest
+from envbisect.venvs import Interpreter
 from envbisect.wheelsource import WheelSource
 
 Script = Callable[[Packages, int], Outcome]  # (package set, how often seen before) → outcome

@@ -20,7 +20,7 @@ import pytest
 from envbisect.delta import FileChange, LocalChange
 from envbisect.errors import EnvironmentBuildError
 from envbisect.hashing import RACY_NS, FileHashes
-from envbisect.inputs import read_venv
+from envbisect.venvs import read_venv
 from envbisect.wheels import WheelCache
 
 PACKAGE = {

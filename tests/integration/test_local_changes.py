@@ -17,13 +17,14 @@ import pytest
 from uv import find_uv_bin
 
 from envbisect import processes
-from envbisect.envs import Workspace, installer
 from envbisect.errors import ExitCode
 from envbisect.hashing import FileHashes
-from envbisect.inputs import read_distributions, read_venv
+from envbisect.installers import installer
 from envbisect.sides import SideReader, find_interpreter
+from envbisect.venvs import read_distributions, read_venv
 from envbisect.wheels import WheelCache
 from envbisect.wheelsource import Wheels
+from envbisect.workspace import Workspace
 
 from ..test_records import PACKAGE, install
 from .test_bad_input import envbisect as run_envbisect

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from envbisect.cli import main
-from envbisect.envs import InstallerError, installer
 from envbisect.errors import ExitCode
+from envbisect.installers import installer
+from envbisect.installers.base import InstallerError
 from envbisect.narrow import versions_between
 
 from .package_index import LocalIndex, build_wheels

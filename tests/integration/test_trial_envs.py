@@ -5,8 +5,10 @@ from __future__ import annotations
 from importlib.metadata import distributions
 from pathlib import Path
 
-from envbisect.envs import PipInstaller, UvInstaller, Workspace
+from envbisect.installers.pip import PipInstaller
+from envbisect.installers.uv import UvInstaller
 from envbisect.processes import new_run_token
+from envbisect.workspace import Workspace
 
 
 def installed(env: Path) -> set[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from uv import find_uv_bin
 
-from envbisect.inputs import read_venv
 from envbisect.records import INSTALLER_FILES
+from envbisect.venvs import read_venv
 from envbisect.wheels import WheelCache
 
 pytestmark = pytest.mark.integration
