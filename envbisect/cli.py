@@ -1,12 +1,17 @@
-"""The command line: parse options, wire the stages, map errors to exit codes."""
+"""The command line: parse options, wire the stages, map errors to exit codes.
+
+Every option of ``run`` and ``gate`` is declared once, in :data:`OPTIONS`, by
+the name of its :class:`~envbisect.options.Options` field; both commands'
+signatures are made from that table.
+"""
 
 from __future__ import annotations
 
-import json
+import inspect
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,36 +19,54 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from platformdirs import user_cache_dir
+from rich.markup import escape
 
-from envbisect import processes
-from envbisect.brokers import connect
+from envbisect import __version__, processes
 from envbisect.brokers.base import DEFAULT_URL
-from envbisect.brokers.private import PROGRAMS, Mode
-from envbisect.ci import junit, markdown
-from envbisect.errors import EnvbisectError, ExitCode, InputError
-from envbisect.masking import KNOWN_SECRETS, mask_urls, printable
-from envbisect.model import Finding, Verdict
-from envbisect.options import Options
-from envbisect.probes.base import Probe
-from envbisect.probes.command import CommandProbe, import_probe
-from envbisect.probes.consume import ConsumeProbe, UserWorker
+from envbisect.checks import checked
+from envbisect.errors import EnvbisectError, ExitCode
+from envbisect.masking import KNOWN_SECRETS, mask, mask_urls, printable
+from envbisect.model import Verdict
+from envbisect.options import CACHE_DIR, CORES, Options
+from envbisect.outputs import Outputs
 from envbisect.processes import Interrupted
 from envbisect.report import ConsoleObserver, console, render
 from envbisect.reportjson import error_json, to_json
 from envbisect.triage import triage
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     help="Find the package that silently breaks your environment (e.g. a Dramatiq worker).",
     pretty_exceptions_enable=False,
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"envbisect {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Find the package that silently breaks your environment (e.g. a Dramatiq worker)."""
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What differs between ``run`` and ``gate``: their words and their exit codes."""
+
+    sides: str  #: how the header names the two sides
+    prog: str
+    codes: dict[Verdict, ExitCode]
 
 
 _VERDICT_CODES = {
@@ -53,435 +76,305 @@ _VERDICT_CODES = {
     Verdict.BAD_PASSES: ExitCode.BAD_PASSES,
     Verdict.INCONSISTENT: ExitCode.INCONSISTENT,
 }
-#: The gate's codes differ in one place: a culprit means the candidate regressed.
-_GATE_CODES = {**_VERDICT_CODES, Verdict.CULPRIT_FOUND: ExitCode.REGRESSION}
+WORDING = {
+    "run": Wording("bad={bad} good={good}", "envbisect", _VERDICT_CODES),
+    # The gate's codes differ in one place: a culprit means the candidate regressed.
+    "gate": Wording(
+        "candidate={bad} baseline={good}",
+        "envbisect gate",
+        {**_VERDICT_CODES, Verdict.CULPRIT_FOUND: ExitCode.REGRESSION},
+    ),
+}
 
 
-CACHE_DIR = Path(user_cache_dir("envbisect"))
-CORES = os.cpu_count() or 1
+@dataclass(frozen=True)
+class Opt:
+    """One command-line option: the :class:`Options` field it fills, and how it reads."""
 
-ProbeOpt = Annotated[str, typer.Option(help="consume | consume-async | import:pkg.mod[,other]")]
-ProbeCmdOpt = Annotated[
-    str | None,
-    typer.Option(help="Shell command run in each trial env: exit 0 good, 125 skip, else bad."),
-]
-CwdOpt = Annotated[Path | None, typer.Option(help="Working directory for --probe-cmd.")]
-WorkerModuleOpt = Annotated[
-    str | None,
-    typer.Option(help="Probe your own Dramatiq worker module (e.g. ops_core.tasks.worker)."),
-]
-ActorOpt = Annotated[
-    str, typer.Option(help="The actor of --worker-module to run [default: its only actor].")
-]
-ArgsOpt = Annotated[
-    str, typer.Option(help="JSON arguments for --actor: a list (args) or an object (kwargs).")
-]
-BrokerOpt = Annotated[
-    str | None,
-    typer.Option(
+    field: str
+    type: Any
+    default: Any
+    option: Any  #: typer.Option(...)
+
+
+def _opt(field: str, kind: Any, default: Any, panel: str, *names: str, **settings: Any) -> Opt:
+    # Help is rich markup: "[default: …]" in it would vanish as an unknown tag.
+    settings["help"] = escape(settings["help"])
+    return Opt(field, kind, default, typer.Option(*names, rich_help_panel=panel, **settings))
+
+
+INPUTS, PROBE, BROKER, SPEED, REPORTS = "Inputs", "Probe", "Broker", "Speed", "Reports"
+
+#: The two sides, by command: ``gate`` names them for what a pull request changes.
+SIDES = {
+    "run": (
+        _opt(
+            "bad",
+            Path,
+            ...,
+            INPUTS,
+            "--bad",
+            help="Failing side: a virtualenv, uv.lock, pylock.toml or pinned requirements.",
+        ),
+        _opt(
+            "good",
+            Path,
+            ...,
+            INPUTS,
+            "--good",
+            help="Working side: requirements (pinned or not), a lock file or a virtualenv.",
+        ),
+    ),
+    "gate": (
+        _opt(
+            "good",
+            Path,
+            ...,
+            INPUTS,
+            "--baseline",
+            help="What works today (e.g. the base "
+            "branch's lock): a uv.lock, pylock.toml, requirements file or virtualenv.",
+        ),
+        _opt(
+            "bad",
+            Path,
+            ...,
+            INPUTS,
+            "--candidate",
+            help="The proposed set (e.g. a "
+            "dependency-update pull request's lock), in any of the same forms.",
+        ),
+    ),
+}
+
+#: Every option of ``run`` and ``gate`` besides the sides, once.
+OPTIONS = (
+    _opt("probe", str, "consume", PROBE, help="consume | consume-async | import:pkg.mod[,other]"),
+    _opt(
+        "probe_cmd",
+        str | None,
+        None,
+        PROBE,
+        help="Shell command run in each trial env: exit 0 good, 125 skip, else bad.",
+    ),
+    _opt("cwd", Path | None, None, PROBE, help="Working directory for --probe-cmd."),
+    _opt(
+        "worker_module",
+        str | None,
+        None,
+        PROBE,
+        help="Probe your own Dramatiq worker module (e.g. ops_core.tasks.worker).",
+    ),
+    _opt(
+        "actor",
+        str,
+        "",
+        PROBE,
+        help="The actor of --worker-module to run [default: its only actor].",
+    ),
+    _opt(
+        "args",
+        str,
+        "[]",
+        PROBE,
+        help="JSON arguments for --actor: a list (args) or an object (kwargs).",
+    ),
+    _opt(
+        "broker_url",
+        str | None,
+        None,
+        BROKER,
         envvar="ENVBISECT_BROKER_URL",
-        help=f"amqp:// or redis:// URL of the broker [default: {DEFAULT_URL}, or a private "
+        help=f"amqp:// or redis:// URL of the broker [default: {mask(DEFAULT_URL)}, or a private "
         "broker when nothing answers there].",
         show_default=False,
     ),
-]
-PrivateBrokerOpt = Annotated[
-    bool,
-    typer.Option(
+    _opt(
+        "private_broker",
+        bool,
+        False,
+        BROKER,
         "--private-broker",
         help="Start a broker of the run's own (rabbitmq-server, else redis-server) and stop "
         "it at the end, even when one answers at the default URL.",
     ),
-]
-PrivateBrokerKindOpt = Annotated[
-    str | None,
-    typer.Option(
+    _opt(
+        "private_broker_kind",
+        str | None,
+        None,
+        BROKER,
         help="rabbitmq or redis: the kind of private broker [default: rabbitmq-server if on "
         "PATH, else redis-server].",
         show_default=False,
     ),
-]
-InstallerOpt = Annotated[str, typer.Option(help="uv (fast) or pip (virtualenv + pip).")]
-CacheOpt = Annotated[
-    Path,
-    typer.Option(envvar="ENVBISECT_CACHE_DIR", help="Repacked wheels and trial outcomes."),
-]
-JobsOpt = Annotated[int, typer.Option(min=1, help="Trials at once (default: core count).")]
-TimeoutOpt = Annotated[
-    float,
-    typer.Option(
+    _opt("installer", str, "uv", INPUTS, help="uv (fast) or pip (virtualenv + pip)."),
+    _opt(
+        "cache_dir",
+        Path,
+        CACHE_DIR,
+        SPEED,
+        envvar="ENVBISECT_CACHE_DIR",
+        help="Repacked wheels and trial outcomes.",
+    ),
+    _opt("jobs", int, CORES, SPEED, min=1, help="Trials at once (default: core count)."),
+    _opt(
+        "timeout",
+        float,
+        30.0,
+        PROBE,
         min=0.1,
         help="Max seconds from worker ready to actor ran (adapted down once a healthy "
         "worker was measured, unless --fixed-timeout); for --probe-cmd the whole command.",
     ),
-]
-BootOpt = Annotated[float, typer.Option(min=0.1, help="Max seconds from worker start to ready.")]
-FixedOpt = Annotated[bool, typer.Option(help="Always wait the full --timeout.")]
-RepeatOpt = Annotated[
-    int, typer.Option(min=1, help="Run each trial K times; disagreement is flaky, never pass.")
-]
-MaxTimeOpt = Annotated[float | None, typer.Option(min=1, help="Bound for the whole run, seconds.")]
-PythonOpt = Annotated[
-    Path | None, typer.Option(help="Interpreter for trial envs when no side is a virtualenv.")
-]
-OfflineOpt = Annotated[
-    bool, typer.Option(help="Never reach a package index: the good set must come from the bad env.")
-]
-KeepOpt = Annotated[bool, typer.Option(help="Keep trial environments (their path is printed).")]
-OutcomeCacheOpt = Annotated[
-    Path | None, typer.Option(help="Where trial outcomes are cached [default: CACHE_DIR/outcomes].")
-]
-NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Neither use nor store cached trial outcomes.")
-]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")]
-MarkdownOpt = Annotated[
-    Path | None,
-    typer.Option("--markdown", help="Write a Markdown summary here (a pull-request comment)."),
-]
-JunitOpt = Annotated[
-    Path | None, typer.Option("--junit", help="Write the verdict as a JUnit XML test result.")
-]
-StepSummaryOpt = Annotated[
-    bool, typer.Option(help="Append the Markdown summary to $GITHUB_STEP_SUMMARY when it is set.")
-]
-NarrowOpt = Annotated[
-    bool,
-    typer.Option(
+    _opt(
+        "boot_timeout", float, 60.0, PROBE, min=0.1, help="Max seconds from worker start to ready."
+    ),
+    _opt("fixed_timeout", bool, False, PROBE, help="Always wait the full --timeout."),
+    _opt(
+        "repeat",
+        int,
+        1,
+        PROBE,
+        min=1,
+        help="Run each trial K times; disagreement is flaky, never pass.",
+    ),
+    _opt("max_time", float | None, None, SPEED, min=1, help="Bound for the whole run, seconds."),
+    _opt(
+        "python",
+        Path | None,
+        None,
+        INPUTS,
+        help="Interpreter for trial envs when no side is a virtualenv.",
+    ),
+    _opt(
+        "offline",
+        bool,
+        False,
+        INPUTS,
+        help="Never reach a package index: the good set must come from the bad env.",
+    ),
+    _opt("keep_envs", bool, False, SPEED, help="Keep trial environments (their path is printed)."),
+    _opt(
+        "outcome_cache",
+        Path | None,
+        None,
+        SPEED,
+        help="Where trial outcomes are cached [default: CACHE_DIR/outcomes].",
+    ),
+    _opt(
+        "no_cache",
+        bool,
+        False,
+        SPEED,
+        "--no-cache",
+        help="Neither use nor store cached trial outcomes.",
+    ),
+    _opt(
+        "narrow",
+        bool,
+        False,
+        PROBE,
         help="When a culprit is a version change a → b, bisect the releases between a and b "
-        "and name the first bad one."
+        "and name the first bad one.",
     ),
-]
-FindLinksOpt = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--find-links", help="A directory of wheels/sdists used beside the index (repeatable)."
+    _opt(
+        "find_links",
+        list[Path] | None,
+        None,
+        INPUTS,
+        "--find-links",
+        help="A directory of wheels/sdists used beside the index (repeatable).",
     ),
-]
-QuietOpt = Annotated[bool, typer.Option(help="Only the final report.")]
+    _opt("json_path", Path | None, None, REPORTS, "--json", help="Write the report as JSON here."),
+    _opt(
+        "markdown_path",
+        Path | None,
+        None,
+        REPORTS,
+        "--markdown",
+        help="Write a Markdown summary here (a pull-request comment).",
+    ),
+    _opt(
+        "junit_path",
+        Path | None,
+        None,
+        REPORTS,
+        "--junit",
+        help="Write the verdict as a JUnit XML test result.",
+    ),
+    _opt(
+        "step_summary",
+        bool,
+        True,
+        REPORTS,
+        help="Append the Markdown summary to $GITHUB_STEP_SUMMARY when it is set.",
+    ),
+    _opt("quiet", bool, False, REPORTS, help="Only the final report."),
+)
 
 
-@app.command()
-def run(
-    bad: Annotated[
-        Path,
-        typer.Option(
-            help="Failing side: a virtualenv, uv.lock, pylock.toml or pinned requirements."
-        ),
-    ],
-    good: Annotated[
-        Path,
-        typer.Option(
-            help="Working side: requirements (pinned or not), a lock file or a virtualenv."
-        ),
-    ],
-    probe: ProbeOpt = "consume",
-    probe_cmd: ProbeCmdOpt = None,
-    cwd: CwdOpt = None,
-    worker_module: WorkerModuleOpt = None,
-    actor: ActorOpt = "",
-    args: ArgsOpt = "[]",
-    broker_url: BrokerOpt = None,
-    private_broker: PrivateBrokerOpt = False,
-    private_broker_kind: PrivateBrokerKindOpt = None,
-    installer: InstallerOpt = "uv",
-    cache_dir: CacheOpt = CACHE_DIR,
-    jobs: JobsOpt = CORES,
-    timeout: TimeoutOpt = 30.0,
-    boot_timeout: BootOpt = 60.0,
-    fixed_timeout: FixedOpt = False,
-    repeat: RepeatOpt = 1,
-    max_time: MaxTimeOpt = None,
-    python: PythonOpt = None,
-    offline: OfflineOpt = False,
-    keep_envs: KeepOpt = False,
-    outcome_cache: OutcomeCacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    narrow: NarrowOpt = False,
-    find_links: FindLinksOpt = None,
-    json_path: JsonOpt = None,
-    markdown_path: MarkdownOpt = None,
-    junit_path: JunitOpt = None,
-    step_summary: StepSummaryOpt = True,
-    quiet: QuietOpt = False,
-) -> int:
-    """Bisect the changes between --good and --bad down to the culprit package(s)."""
-    return _execute("run", **locals())
+def _command(name: str, doc: str) -> Callable[..., int]:
+    """The ``run`` or ``gate`` command: its signature made from :data:`SIDES` and
+    :data:`OPTIONS`, its body :func:`execute`."""
+    table = (*SIDES[name], *OPTIONS)
+
+    def command(**given: Any) -> int:
+        if given.get("find_links") is not None:
+            given["find_links"] = tuple(given["find_links"])
+        else:
+            given.pop("find_links", None)
+        return execute(Options(command=name, **given))
+
+    parameters = [
+        inspect.Parameter(
+            opt.field,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=opt.default,
+            annotation=Annotated[opt.type, opt.option],
+        )
+        for opt in table
+    ]
+    command.__signature__ = inspect.Signature(parameters, return_annotation=int)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": int}
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = doc
+    return command
 
 
-@app.command()
-def gate(
-    baseline: Annotated[
-        Path,
-        typer.Option(
-            help="What works today (e.g. the base branch's lock): a uv.lock, pylock.toml, "
-            "requirements file or virtualenv."
-        ),
-    ],
-    candidate: Annotated[
-        Path,
-        typer.Option(
-            help="The proposed set (e.g. a dependency-update pull request's lock), "
-            "in any of the same forms."
-        ),
-    ],
-    probe: ProbeOpt = "consume",
-    probe_cmd: ProbeCmdOpt = None,
-    cwd: CwdOpt = None,
-    worker_module: WorkerModuleOpt = None,
-    actor: ActorOpt = "",
-    args: ArgsOpt = "[]",
-    broker_url: BrokerOpt = None,
-    private_broker: PrivateBrokerOpt = False,
-    private_broker_kind: PrivateBrokerKindOpt = None,
-    installer: InstallerOpt = "uv",
-    cache_dir: CacheOpt = CACHE_DIR,
-    jobs: JobsOpt = CORES,
-    timeout: TimeoutOpt = 30.0,
-    boot_timeout: BootOpt = 60.0,
-    fixed_timeout: FixedOpt = False,
-    repeat: RepeatOpt = 1,
-    max_time: MaxTimeOpt = None,
-    python: PythonOpt = None,
-    offline: OfflineOpt = False,
-    keep_envs: KeepOpt = False,
-    outcome_cache: OutcomeCacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    narrow: NarrowOpt = False,
-    find_links: FindLinksOpt = None,
-    json_path: JsonOpt = None,
-    markdown_path: MarkdownOpt = None,
-    junit_path: JunitOpt = None,
-    step_summary: StepSummaryOpt = True,
-    quiet: QuietOpt = False,
-) -> int:
-    """Probe --candidate; if it fails, name the change from --baseline that broke it (exit 1)."""
-    rest = {k: v for k, v in locals().items() if k not in ("candidate", "baseline")}
-    return _execute("gate", bad=candidate, good=baseline, **rest)
+run = app.command()(
+    _command("run", "Bisect the changes between --good and --bad down to the culprit package(s).")
+)
+gate = app.command()(
+    _command(
+        "gate",
+        "Probe --candidate; if it fails, name the change from --baseline that broke it (exit 1).",
+    )
+)
 
 
-def _execute(
-    command: str,
-    *,
-    bad: Path,
-    good: Path,
-    probe: str,
-    probe_cmd: str | None,
-    cwd: Path | None,
-    worker_module: str | None,
-    actor: str,
-    args: str,
-    broker_url: str | None,
-    private_broker: bool,
-    private_broker_kind: str | None,
-    installer: str,
-    cache_dir: Path,
-    jobs: int,
-    timeout: float,
-    boot_timeout: float,
-    fixed_timeout: bool,
-    repeat: int,
-    max_time: float | None,
-    python: Path | None,
-    offline: bool,
-    keep_envs: bool,
-    outcome_cache: Path | None,
-    no_cache: bool,
-    narrow: bool,
-    find_links: list[Path] | None,
-    json_path: Path | None,
-    markdown_path: Path | None,
-    junit_path: Path | None,
-    step_summary: bool,
-    quiet: bool,
-) -> int:
+def execute(options: Options) -> int:
     """What ``run`` and ``gate`` share: check the options, wire the probe, triage, report."""
-    outputs = _Outputs(json_path, markdown_path, junit_path, step_summary)
+    outputs = Outputs.of(options)
+    wording = WORDING[options.command]
     try:
-        worker = _user_worker(worker_module, actor, args)
-        private = "--private-broker" if private_broker else None
-        if private_broker_kind is not None:
-            private = private or "--private-broker-kind"
-        the_probe = _probe(probe, probe_cmd, cwd, broker_url, worker, private)
-        mode = _private_mode(private_broker, private_broker_kind, broker_url)
-        options = Options(
-            bad=bad,
-            good=good,
-            cache_dir=_writable("--cache-dir", cache_dir),
-            installer=installer,
-            python=python,
-            jobs=jobs,
-            repeat=repeat,
-            keep_envs=keep_envs,
-            outcome_cache=not no_cache,
-            outcome_cache_dir=(
-                None
-                if outcome_cache is None or no_cache
-                else _writable("--outcome-cache", outcome_cache)
-            ),
-            adaptive=not fixed_timeout,
-            timeout=timeout,
-            boot_timeout=boot_timeout,
-            max_time=max_time,
-            gate=command == "gate",
-            narrow=narrow,
-            find_links=_directories(find_links),
-            offline=offline,
-            # The user's worker module connects to the broker it names, never to ours.
-            private_broker=Mode.OFF if worker is not None else mode,
-            private_broker_kind=private_broker_kind,
-        )
-        sides = (
-            f"candidate={bad} baseline={good}" if command == "gate" else f"bad={bad} good={good}"
-        )
-        prog = "envbisect gate" if command == "gate" else "envbisect"
-        header = f"{prog}: {sides} probe={the_probe.describe()}"
-        finding = _triage(options, the_probe, header, quiet)
+        options, probe = checked(options)
+        sides = wording.sides.format(bad=options.bad, good=options.good)
+        header = f"{wording.prog}: {sides} probe={probe.describe()}"
+        progress = console(stderr=True)
+        if not options.quiet:
+            progress.print(_line(header), markup=False)
+        finding = triage(options, probe, ConsoleObserver(progress, quiet=options.quiet))
     # CI reads the reports: they say what went wrong too, the command line included.
     except EnvbisectError as exc:
-        outputs.write(error_json(str(exc), int(exc.exit_code), command))
+        outputs.write(error_json(str(exc), int(exc.exit_code), options.command))
         raise
     except Exception as exc:
-        outputs.write(error_json(_internal(exc), int(ExitCode.INTERNAL), command))
+        outputs.write(error_json(_internal(exc), int(ExitCode.INTERNAL), options.command))
         raise
-    code = (_GATE_CODES if command == "gate" else _VERDICT_CODES)[finding.verdict]
+    code = wording.codes[finding.verdict]
     render(finding, console())
     outputs.write(to_json(finding, int(code)))
     return int(code)
-
-
-@dataclass(frozen=True)
-class _Outputs:
-    """Where the report goes besides the terminal."""
-
-    json: Path | None
-    markdown: Path | None
-    junit: Path | None
-    step_summary: bool
-
-    def write(self, report: dict[str, Any]) -> None:
-        if self.json is not None:
-            _write("--json", self.json, json.dumps(report, indent=2) + "\n")
-        if self.markdown is not None:
-            _write("--markdown", self.markdown, markdown(report))
-        if self.junit is not None:
-            _write("--junit", self.junit, junit(report))
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if self.step_summary and summary:
-            _write("GITHUB_STEP_SUMMARY", Path(summary), markdown(report) + "\n", append=True)
-
-
-def _triage(options: Options, probe: Probe, header: str, quiet: bool) -> Finding:
-    """The run itself, its progress on stderr."""
-    progress = console(stderr=True)
-    if not quiet:
-        progress.print(_line(header), markup=False)
-    return triage(options, probe, ConsoleObserver(progress, quiet=quiet))
-
-
-def _write(option: str, path: Path, text: str, *, append: bool = False) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a" if append else "w") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise InputError(f"{option} {path}: cannot write it ({exc.strerror})") from exc
-
-
-def _directories(paths: list[Path] | None) -> tuple[Path, ...]:
-    for path in paths or ():
-        if not path.is_dir():
-            raise InputError(f"--find-links {path}: not a directory")
-    return tuple(path.resolve() for path in paths or ())
-
-
-def _private_mode(forced: bool, kind: str | None, broker_url: str | None) -> Mode:
-    if kind is not None and kind not in PROGRAMS:
-        raise InputError(f"--private-broker-kind must be {' or '.join(PROGRAMS)}, not {kind!r}")
-    if broker_url is None:
-        return Mode.FORCE if forced else Mode.STANDBY
-    if forced:
-        raise InputError(
-            "--private-broker starts a broker of its own: leave out --broker-url "
-            "(and ENVBISECT_BROKER_URL)"
-        )
-    if kind is not None:
-        raise InputError(
-            "--private-broker-kind is the kind of private broker, which --broker-url "
-            "(or ENVBISECT_BROKER_URL) turns off"
-        )
-    return Mode.OFF
-
-
-def _probe(
-    kind: str,
-    command: str | None,
-    cwd: Path | None,
-    broker_url: str | None,
-    worker: UserWorker | None,
-    private: str | None,
-) -> Probe:
-    """The probe; ``private`` names the private-broker option given, if one was."""
-    if private and (command is not None or kind not in ("consume", "consume-async")):
-        raise InputError(f"{private} serves --probe consume or consume-async")
-    if private and worker is not None:
-        raise InputError(
-            f"{private} serves the built-in probe actor: --worker-module connects to the "
-            "broker your module names (give its URL as --broker-url)"
-        )
-    if command is not None:
-        if kind != "consume" or worker is not None:
-            raise InputError("--probe-cmd is a probe of its own: leave out --probe/--worker-module")
-        return CommandProbe(command=command, cwd=cwd)
-    if cwd is not None:
-        raise InputError("--cwd is the working directory of --probe-cmd, which is missing")
-    if kind.startswith("import:"):
-        if worker is not None:
-            raise InputError("--worker-module is probed by --probe consume or consume-async")
-        return import_probe(kind.removeprefix("import:"))
-    if kind in ("consume", "consume-async"):
-        return ConsumeProbe(
-            broker=connect(broker_url or DEFAULT_URL),
-            asyncio=kind == "consume-async",
-            worker=worker,
-            private=private == "--private-broker",
-        )
-    raise InputError(
-        f"--probe must be consume, consume-async or import:pkg.mod, not {kind!r} "
-        "(or give --probe-cmd)"
-    )
-
-
-def _user_worker(module: str | None, actor: str, args: str) -> UserWorker | None:
-    if module is None:
-        if actor or args != "[]":
-            raise InputError(f"{'--actor' if actor else '--args'} needs --worker-module")
-        return None
-    if not all(part.isidentifier() for part in module.replace(":", ".").split(".")):
-        raise InputError(
-            f"--worker-module {module!r}: expected a module path like pkg.tasks.worker"
-        )
-    try:
-        parsed = json.loads(args)
-    except ValueError as exc:
-        raise InputError(f"--args {args!r}: not JSON ({exc})") from exc
-    if isinstance(parsed, list):
-        return UserWorker(module, actor, tuple(parsed), {})
-    if isinstance(parsed, dict):
-        return UserWorker(module, actor, (), parsed)
-    raise InputError(f"--args {args!r}: expected a JSON list (args) or object (kwargs)")
-
-
-def _writable(option: str, path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"{option} {path}: not writable ({exc.strerror})") from exc
-    # Absolute: the wheelhouse links to repacked wheels in it from another directory.
-    return path.resolve()
 
 
 #: Signals that end a run through its clean-up; SIGHUP (a closed terminal, a dropped ssh

@@ -1,39 +1,84 @@
-"""The settings of one run, as the command line gave them."""
+"""The settings of one run, as the command line gave them (one field per option).
+
+The command line declares each option once (:data:`envbisect.cli.OPTIONS`), by
+the name of its field here; ``run`` and ``gate`` fill the same object (the gate's
+``--candidate`` is :attr:`Options.bad`, its ``--baseline`` :attr:`Options.good`).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from platformdirs import user_cache_dir
 
 from envbisect.brokers.private import Mode
 from envbisect.limits import Limits
 
+CACHE_DIR = Path(user_cache_dir("envbisect"))
+CORES = os.cpu_count() or 1
+
 
 @dataclass(frozen=True)
 class Options:
-    """Everything a run needs besides the probe."""
+    """Everything a run was asked to do."""
 
-    bad: Path
-    good: Path
-    cache_dir: Path
-    installer: str = "uv"
+    # Inputs
+    bad: Path  #: --bad (gate: --candidate)
+    good: Path  #: --good (gate: --baseline)
     python: Path | None = None
-    jobs: int = 1
-    repeat: int = 1
-    keep_envs: bool = False
-    outcome_cache: bool = True
-    outcome_cache_dir: Path | None = None  #: default: <cache_dir>/outcomes
-    adaptive: bool = True  #: learn the failing-trial wait from the healthy good probe
+    offline: bool = False  #: never reach a package index: the bad side's wheels only
+    find_links: tuple[Path, ...] = ()  #: local wheel dirs, beside the index
+    installer: str = "uv"
+    # Probe
+    probe: str = "consume"
+    probe_cmd: str | None = None
+    cwd: Path | None = None
+    worker_module: str | None = None
+    actor: str = ""
+    args: str = "[]"
     timeout: float = 30.0  #: consume: ready → actor ran; command: the whole command
     boot_timeout: float = 60.0  #: consume: worker start → ready
-    grace: float = 0.5  #: SIGTERM → SIGKILL
-    max_time: float | None = None
-    gate: bool = False  #: probe the bad side (the candidate) alone first; stop if it passes
+    fixed_timeout: bool = False  #: never learn a shorter wait from the healthy good probe
+    repeat: int = 1
     narrow: bool = False  #: bisect the releases between a version culprit's two versions
-    find_links: tuple[Path, ...] = ()  #: local wheel dirs, beside the index
-    offline: bool = False  #: never reach a package index: the bad side's wheels only
-    private_broker: Mode = Mode.OFF  #: when the consume-probe gets a broker of the run's own
+    # Broker
+    broker_url: str | None = None
+    private_broker: bool = False
     private_broker_kind: str | None = None  #: "rabbitmq" or "redis"; None: whichever is there
+    # Speed
+    jobs: int = 1
+    cache_dir: Path = CACHE_DIR
+    outcome_cache: Path | None = None  #: default: <cache_dir>/outcomes
+    no_cache: bool = False
+    keep_envs: bool = False
+    max_time: float | None = None
+    # Reports
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    junit_path: Path | None = None
+    step_summary: bool = True
+    quiet: bool = False
+    # Not options: what the command and the checks of the options decided.
+    command: str = "run"  #: "run" or "gate"
+    private_mode: Mode = Mode.OFF  #: when the consume-probe gets a broker of the run's own
+    grace: float = 0.5  #: SIGTERM → SIGKILL
+
+    @property
+    def gate(self) -> bool:
+        """The candidate (the bad side) decides first; the search runs only if it fails."""
+        return self.command == "gate"
+
+    @property
+    def adaptive(self) -> bool:
+        """Learn the failing-trial wait from the healthy good probe."""
+        return not self.fixed_timeout
+
+    @property
+    def outcomes(self) -> Path | None:
+        """Where trial outcomes are cached; None with --no-cache."""
+        return None if self.no_cache else (self.outcome_cache or self.cache_dir / "outcomes")
 
     def limits(self, started: float) -> Limits:
         """Fresh, full limits for this run."""

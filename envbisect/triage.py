@@ -42,7 +42,7 @@ from envbisect.workspace import Workspace
 def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
     """Run the whole procedure; raises :class:`EnvbisectError` on bad input."""
     started = time.monotonic()
-    private = plan(options.private_broker, probe, options.private_broker_kind)
+    private = plan(options.private_mode, probe, options.private_broker_kind)
     # Step 1: what dead runs left behind goes first.
     for token, removed in sweep(Path(tempfile.gettempdir()), probe.broker).items():
         problems = "".join(f"; {problem}" for problem in removed.problems)
@@ -77,9 +77,9 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         observer.say(summary(delta))
         # Step 5: the procedure, its trials run on this machine.
         outcomes = OutcomeCache(
-            options.outcome_cache_dir or options.cache_dir / "outcomes",
+            options.outcomes or options.cache_dir / "outcomes",
             run_context(bad.interpreter, probe.settings(), _limit_settings(options), os.environ),
-            enabled=options.outcome_cache,
+            enabled=options.outcomes is not None,
         )
         run.runner = LocalRunner(
             probe,

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import typer
 
+from envbisect import __version__, cli
 from envbisect.cli import main
 from envbisect.errors import ExitCode
+from envbisect.options import Options
 
 from .conftest import ROOT, SCHEMA
 
@@ -157,3 +160,73 @@ def test_the_header_and_error_lines_hold_no_secret(
     written = report.read_text()
     for secret in ("tok-abcdef12", "tok-ghijkl34", "p@ssw0rd99", "ssw0rd99", "idx-s3cret-1"):
         assert secret not in err + written
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == ExitCode.OK
+    assert capsys.readouterr().out.strip() == f"envbisect {__version__}"
+
+
+def option_names(command: str) -> set[str]:
+    """The option names a command's click parser knows."""
+    sub = typer.main.get_command(cli.app).commands[command]  # type: ignore[attr-defined]
+    return {name for param in sub.params for name in (*param.opts, *param.secondary_opts)}
+
+
+def test_run_and_gate_take_the_same_options_besides_their_sides() -> None:
+    run, gate = option_names("run"), option_names("gate")
+    assert run - gate == {"--bad", "--good"}
+    assert gate - run == {"--baseline", "--candidate"}
+    assert {"--probe-cmd", "--json", "--no-cache", "--find-links", "--private-broker"} <= run
+
+
+def test_help_groups_options_in_panels(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option
+    main(["run", "--help"])
+    shown = capsys.readouterr().out
+    for panel in ("Inputs", "Probe", "Broker", "Speed", "Reports"):
+        assert f"─ {panel} " in shown
+    # Help is markup: a bracketed default in the text is shown, not swallowed as a tag;
+    # the default broker URL is shown without its password.
+    assert "[default: its only actor]" in shown
+    assert "guest:***@" in shown and "guest:guest" not in shown
+
+
+def test_each_option_reaches_the_options_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Options] = []
+
+    def record(options: Options, *_: object) -> None:
+        seen.append(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("envbisect.cli.triage", record)
+    main(
+        [
+            "gate",
+            "--baseline",
+            str(tmp_path / "base.txt"),
+            "--candidate",
+            str(tmp_path / "pr.txt"),
+            "--probe",
+            "import:json",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--jobs",
+            "3",
+            "--fixed-timeout",
+            "--no-cache",
+            "--find-links",
+            str(tmp_path),
+            "--max-time",
+            "99",
+        ]
+    )
+    (options,) = seen
+    assert (options.good, options.bad) == (tmp_path / "base.txt", tmp_path / "pr.txt")
+    assert options.gate and options.jobs == 3 and options.max_time == 99
+    assert not options.adaptive and options.outcomes is None
+    assert options.find_links == (tmp_path.resolve(),)

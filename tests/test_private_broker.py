@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from envbisect import cli
+from envbisect import checks
 from envbisect.brokers.base import BrokerClient, QueueState
 from envbisect.brokers.private import Mode, PrivateBroker, check_client, executable, plan
 from envbisect.cli import main
@@ -338,7 +338,7 @@ def test_nothing_at_the_default_and_no_server_program_is_exit_5(
 ) -> None:
     monkeypatch.delenv("ENVBISECT_BROKER_URL", raising=False)
     default = f"amqp://guest:guest@127.0.0.1:{dead_port()}/"
-    monkeypatch.setattr(cli, "DEFAULT_URL", default)
+    monkeypatch.setattr(checks, "DEFAULT_URL", default)
     servers_on_path(monkeypatch, tmp_path)
     assert envbisect(tmp_path) == ExitCode.BROKER
     assert error_line(capsys) == (
@@ -354,7 +354,7 @@ def test_the_env_url_turns_the_private_broker_off(
 ) -> None:
     # Nothing at the default either: only the variable keeps envbisect from starting one.
     given = f"amqp://guest:guest@127.0.0.1:{dead_port()}/"
-    monkeypatch.setattr(cli, "DEFAULT_URL", f"amqp://guest:guest@127.0.0.1:{dead_port()}/")
+    monkeypatch.setattr(checks, "DEFAULT_URL", f"amqp://guest:guest@127.0.0.1:{dead_port()}/")
     monkeypatch.setenv("ENVBISECT_BROKER_URL", given)
     servers_on_path(monkeypatch, tmp_path)
     assert envbisect(tmp_path) == ExitCode.BROKER
@@ -371,7 +371,7 @@ def test_a_worker_module_never_gets_a_private_broker(
     # The user's module connects to its own broker: one of envbisect's would never be used.
     monkeypatch.delenv("ENVBISECT_BROKER_URL", raising=False)
     default = f"amqp://guest:guest@127.0.0.1:{dead_port()}/"
-    monkeypatch.setattr(cli, "DEFAULT_URL", default)
+    monkeypatch.setattr(checks, "DEFAULT_URL", default)
     servers_on_path(monkeypatch, tmp_path, "rabbitmq-server", "redis-server")
     assert envbisect(tmp_path, "--worker-module", "ops_core.tasks.worker") == ExitCode.BROKER
     line = error_line(capsys)

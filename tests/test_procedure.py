@@ -289,7 +289,7 @@ def test_the_healthy_good_set_adapts_the_search_limits() -> None:
 
 def test_gate_passes_on_a_passing_candidate_probed_afresh() -> None:
     runner = ScriptedRunner(lambda packages, _: Outcome.PASS)
-    finding = procedure(runner, gate=True).run()
+    finding = procedure(runner, command="gate").run()
     assert finding.verdict is Verdict.PASS
     assert [r.phase for r in runner.requests] == [Phase.GOOD, Phase.CANDIDATE]
     assert not any(r.use_cache for r in runner.requests)
@@ -297,7 +297,7 @@ def test_gate_passes_on_a_passing_candidate_probed_afresh() -> None:
 
 def test_gate_fails_on_a_failing_candidate_and_does_not_probe_the_pair_twice() -> None:
     runner = ScriptedRunner(fails_with("gevent"))
-    finding = procedure(runner, gate=True).run()
+    finding = procedure(runner, command="gate").run()
     assert finding.verdict is Verdict.CULPRIT_FOUND
     everything = frozenset(str(n) for n in ("locust", "gevent", "rich", "six"))
     assert [r.changes for r in runner.requests].count(everything) == 1
@@ -310,7 +310,7 @@ def test_gate_with_a_flaky_candidate_is_inconsistent() -> None:
     def script(packages: Packages, _: int) -> Outcome:
         return Outcome.SKIP if len(packages) == len(BAD) else Outcome.PASS
 
-    finding = procedure(ScriptedRunner(script), gate=True).run()
+    finding = procedure(ScriptedRunner(script), command="gate").run()
     assert finding.verdict is Verdict.INCONSISTENT
     assert "candidate .tox/py312" in finding.note
 
