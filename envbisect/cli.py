@@ -2,7 +2,8 @@
 
 Every option of ``run`` and ``gate`` is declared once, in :data:`OPTIONS`, by
 the name of its :class:`~envbisect.options.Options` field; both commands'
-signatures are made from that table.
+signatures are made from that table. The table's ~30 declarations are most of
+this module's length; they stay together, in the order the help shows them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import inspect
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -32,6 +31,7 @@ from envbisect.outputs import Outputs
 from envbisect.processes import Interrupted
 from envbisect.report import ConsoleObserver, console, render
 from envbisect.reportjson import error_json, to_json
+from envbisect.signals import SIGNAL_CODES, signals_raise
 from envbisect.triage import triage
 
 app = typer.Typer(
@@ -377,34 +377,6 @@ def execute(options: Options) -> int:
     return int(code)
 
 
-#: Signals that end a run through its clean-up; SIGHUP (a closed terminal, a dropped ssh
-#: session) is one, or a hang-up would leave every stalled worker behind.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_SIGNAL_CODES = {
-    signal.SIGINT: ExitCode.INTERRUPTED,
-    signal.SIGTERM: ExitCode.TERMINATED,
-    signal.SIGHUP: ExitCode.HANGUP,
-}
-
-
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn the first SIGINT/SIGTERM/SIGHUP into :class:`Interrupted`; ignore repeats while
-    cleaning up."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        processes.interrupt(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -417,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     processes.become_subreaper()
     processes.reset()
     try:
-        with _signals_raise():
+        with signals_raise():
             result = command.main(
                 args=args,
                 prog_name="envbisect",
@@ -425,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except Interrupted as exc:
         errors.print(f"envbisect: interrupted by {exc}; cleaned up")
-        return int(_SIGNAL_CODES[signal.Signals(exc.signum)])
+        return int(SIGNAL_CODES[signal.Signals(exc.signum)])
     except EnvbisectError as exc:
         errors.print(f"envbisect: error: {_line(str(exc))}", markup=False)
         return int(exc.exit_code)

@@ -78,12 +78,12 @@ def test_run_reports_exit_status_and_output(tmp_path: Path) -> None:
 
 
 def test_an_interrupt_during_cleanup_is_raised_after_it() -> None:
-    from envbisect.cli import _signals_raise
+    from envbisect.signals import signals_raise
 
     done = []
     try:
         with (
-            _signals_raise(),
+            signals_raise(),
             pytest.raises(processes.Interrupted) as caught,
             processes.cleaning_up(),
         ):
@@ -97,10 +97,10 @@ def test_an_interrupt_during_cleanup_is_raised_after_it() -> None:
 
 
 def test_an_interrupt_outside_cleanup_is_raised_at_once() -> None:
-    from envbisect.cli import _signals_raise
+    from envbisect.signals import signals_raise
 
     try:
-        with _signals_raise(), pytest.raises(processes.Interrupted):
+        with signals_raise(), pytest.raises(processes.Interrupted):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
             pytest.fail("not interrupted")
@@ -132,12 +132,12 @@ def test_stop_leaves_no_zombie_in_the_group(tmp_path: Path) -> None:
 def test_a_hangup_is_an_interrupt_like_sigterm() -> None:
     # A closed terminal or a dropped ssh session sends SIGHUP: the run must unwind through
     # its clean-up as for SIGTERM, not die on the spot and leave its workers behind.
-    from envbisect.cli import _signals_raise
+    from envbisect.signals import signals_raise
 
     # Outside envbisect's handler a hang-up must not end the test session itself.
     outer = signal.signal(signal.SIGHUP, lambda signum, frame: None)
     try:
-        with _signals_raise(), pytest.raises(processes.Interrupted) as caught:
+        with signals_raise(), pytest.raises(processes.Interrupted) as caught:
             os.kill(os.getpid(), signal.SIGHUP)
             time.sleep(5)
             pytest.fail("not interrupted")
