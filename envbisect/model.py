@@ -245,6 +245,8 @@ class Finding:
     #: wheel of it, the file the trials installed); a removed culprit runs nothing.
     startup_hooks: Mapping[NormalizedName, tuple[StartupHook, ...]] = field(default_factory=dict)
     cleanup_errors: tuple[str, ...] = ()  #: what the run's clean-up could not do (one line each)
+    slots: int = 1  #: P: how many probes could run at once
+    rounds: int = 0  #: the search's rounds of trials (the sanity pair's included; 0: no search)
 
 
 class Observer(Protocol):

@@ -66,6 +66,7 @@ class Procedure:
         self.limits.take_stacks = False
         self.rounds = Rounds(runner, delta, self.limits, observer, self._finished)
         self._everything = frozenset(change.name for change in delta.changes)
+        self._search_rounds = 0
 
     def run(self) -> Finding:
         """The whole bisection, to a finding."""
@@ -83,6 +84,7 @@ class Procedure:
             jobs=self.options.jobs,
             prepare=self._prepare if self.options.jobs > 1 else None,
         )
+        self._search_rounds = result.rounds
         # Step 3: a search that singled out no set says why.
         if result.status is SearchStatus.INCONSISTENT:
             return self._finding(
@@ -310,6 +312,8 @@ class Procedure:
             disagreements=tuple(disagreements),
             narrowings=tuple(narrowings),
             gate=self.options.gate,
+            slots=1 if self.probe.exclusive else self.options.jobs,
+            rounds=self._search_rounds,
             startup_hooks={
                 change.name: startup_hooks(self.wheels.wheel_for(change.bad))
                 for change in culprits

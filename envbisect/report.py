@@ -174,7 +174,8 @@ def render(finding: Finding, console: Console) -> None:
     console.print(
         f"[dim]{len(finding.trials)} trials ({cached} from cache) in {finding.seconds:.1f} s; "
         f"probe: {shown(finding.probe)}; installer: {finding.installer}; "
-        f"jobs: {finding.jobs}[/dim]"
+        f"jobs: {finding.jobs}; {finding.rounds} search rounds, "
+        f"{finding.slots} probes at once[/dim]"
     )
     if finding.workspace is not None:
         console.print(f"[dim]envs kept in {shown(finding.workspace)}[/dim]")

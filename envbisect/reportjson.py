@@ -40,6 +40,8 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "bad": finding.bad,
         "installer": finding.installer,
         "jobs": finding.jobs,
+        "slots": finding.slots,
+        "rounds": finding.rounds,
         "seconds": round(finding.seconds, 3),
         "changes": {"total": len(delta.changes), **kinds},
         "changed_packages": [_change_json(change) for change in delta.changes],

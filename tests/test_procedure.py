@@ -362,3 +362,13 @@ def test_narrowing_skips_a_release_whose_requirements_the_set_lacks() -> None:
     skipped = [t for t in narrowing.tested if t.version == "1.5"]
     assert skipped and skipped[0].outcome is Outcome.SKIP
     assert "needs missing-thing" in skipped[0].detail
+
+
+def test_the_finding_says_how_many_rounds_and_probes_at_once() -> None:
+    finding = procedure(ScriptedRunner(fails_with("gevent")), jobs=3).run()
+    assert finding.slots == 3
+    # The sanity pair and at least the search's rounds; never more than its trials.
+    search = [t for t in finding.trials if t.phase is not Phase.CONFIRM]
+    assert 2 <= finding.rounds <= len(search)
+    gate = procedure(ScriptedRunner(lambda packages, _: Outcome.PASS), command="gate").run()
+    assert gate.rounds == 0
