@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -215,7 +216,11 @@ def test_stalled_worker_stacks_show_where_it_is_stuck(
     assert any(f.startswith("pika/adapters/select_connection.py:") for f in frames)
     summary = result.stacks.summary()
     assert summary[0].startswith(f"main process {result.stacks.leader}: gevent hub running in")
-    assert "blocked in PollPoller.poll (pika/adapters/select_connection.py:" in summary[1]
+    # Blocked in poll, almost always; on a busy machine py-spy may catch the thread in
+    # the instant it is awake (then "running"): where it is stuck is the same.
+    assert re.search(
+        r"(blocked in|running) PollPoller\.poll \(pika/adapters/select_connection\.py:", summary[1]
+    )
     assert result.timings["stacks"] > 0
 
 
