@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from envbisect import cli
+from envbisect import checks
 from envbisect.brokers import connect
 from envbisect.brokers import private as private_broker
 from envbisect.brokers.private import PrivateBroker, executable
@@ -262,7 +262,7 @@ def test_nothing_at_the_default_url_starts_a_private_broker(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setattr(cli, "DEFAULT_URL", f"amqp://guest:guest@127.0.0.1:{port}/")
+    monkeypatch.setattr(checks, "DEFAULT_URL", f"amqp://guest:guest@127.0.0.1:{port}/")
     monkeypatch.delenv("ENVBISECT_BROKER_URL", raising=False)
     report = tmp_path / "report.json"
     sides = ["--bad", str(fixture_env("crash")), "--good", str(MINIMAL)]
