@@ -25,6 +25,8 @@ from envbisect.probes.consume import ConsumeProbe, UserWorker
 def checked(options: Options) -> tuple[Options, Probe]:
     """The options made ready to run (directories made and resolved, the private-broker
     mode decided), and the probe; :class:`InputError` for options that cannot be used."""
+    if options.flaky and options.repeat > 1:
+        raise InputError("--flaky chooses how often to probe each set: drop --repeat")
     worker = _user_worker(options.worker_module, options.actor, options.args)
     private = "--private-broker" if options.private_broker else None
     if options.private_broker_kind is not None:

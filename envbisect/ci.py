@@ -57,6 +57,9 @@ def markdown(report: Report) -> str:
         narrowed = culprit.get("narrowed")
         if narrowed:
             lines.append(f"**Narrowed:** {_cell(narrowed['summary'])}  ")
+    flakiness = report.get("flakiness")
+    if flakiness:
+        lines.append(f"**Intermittent:** {_cell(flakiness['summary'])}  ")
     if report["note"]:
         lines.append(f"_{_cell(report['note'])}_")
     lines.append("")

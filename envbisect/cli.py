@@ -236,7 +236,14 @@ OPTIONS = (
         1,
         PROBE,
         min=1,
-        help="Run each trial K times; disagreement is flaky, never pass.",
+        help="Probe each set K times: it fails if any run fails, passes if all pass.",
+    ),
+    _opt(
+        "flaky",
+        bool,
+        False,
+        PROBE,
+        help="An intermittent failure: choose K from the bad set's failure rate.",
     ),
     _opt("max_time", float | None, None, SPEED, min=1, help="Bound for the whole run, seconds."),
     _opt(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -222,6 +222,60 @@ class Narrowing:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """How often a set failed: ``failed`` of ``runs``."""
+
+    failed: int
+    runs: int
+
+    @classmethod
+    def of(cls, outcomes: Iterable[Outcome]) -> Rate:
+        """The failures among these runs' outcomes."""
+        seen = list(outcomes)
+        return cls(sum(outcome is Outcome.FAIL for outcome in seen), len(seen))
+
+    def describe(self) -> str:
+        """``9 of 18 runs``."""
+        return f"{self.failed} of {self.runs} run{'s' if self.runs != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class Flakiness:
+    """What the run's repeated runs showed, for the report."""
+
+    runs: int  #: K: the runs a set gets (a search trial stops at its first failure)
+    chosen: bool  #: True: --flaky chose K from the bad set's rate; False: --repeat K
+    bad: Rate  #: the bad set's runs (the failure rate's estimate)
+    good: Rate  #: the good set's runs, all of them
+    culprits: Rate | None  #: the confirmation of the culprit set
+    miss: float  #: the chance a set holding the culprit passes all K runs
+    confidence: float  #: the chance that no passing trial of the run hid a failure
+
+    def describe(self) -> str:
+        """One line: the rates and how sure the run is."""
+        parts = []
+        if self.culprits is not None:
+            parts.append(f"the culprit set fails {self.culprits.describe()}")
+        parts.append(f"the good set {self.good.describe()}")
+        parts.append(f"the bad set {self.bad.describe()}")
+        how = "chosen by --flaky" if self.chosen else "--repeat"
+        return (
+            "; ".join(parts)
+            + f"; K = {self.runs} runs a set ({how}): a set with the culprit passes them all "
+            f"with chance {percent(self.miss)}; confidence {percent(self.confidence)}"
+        )
+
+
+def percent(chance: float) -> str:
+    """``99.7 %``; never 100 % or 0 % for what is only nearly sure."""
+    if 0.9995 <= chance < 1:
+        return ">99.9 %"
+    if 0 < chance < 0.0005:
+        return "<0.1 %"
+    return f"{chance * 100:.1f} %"
+
+
+@dataclass(frozen=True)
 class Finding:
     """What a run found, ready to report."""
 
@@ -247,6 +301,7 @@ class Finding:
     cleanup_errors: tuple[str, ...] = ()  #: what the run's clean-up could not do (one line each)
     slots: int = 1  #: P: how many probes could run at once
     rounds: int = 0  #: the search's rounds of trials (the sanity pair's included; 0: no search)
+    flakiness: Flakiness | None = None  #: with --repeat K or --flaky: rates and confidence
 
 
 class Observer(Protocol):

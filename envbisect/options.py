@@ -41,7 +41,8 @@ class Options:
     timeout: float = 30.0  #: consume: ready → actor ran; command: the whole command
     boot_timeout: float = 60.0  #: consume: worker start → ready
     fixed_timeout: bool = False  #: never learn a shorter wait from the healthy good probe
-    repeat: int = 1
+    repeat: int = 1  #: K: a set fails if any of its K runs fails, passes if all pass
+    flaky: bool = False  #: choose K from the bad set's failure rate
     narrow: bool = False  #: bisect the releases between a version culprit's two versions
     # Broker
     broker_url: str | None = None
@@ -69,6 +70,11 @@ class Options:
     def gate(self) -> bool:
         """The candidate (the bad side) decides first; the search runs only if it fails."""
         return self.command == "gate"
+
+    @property
+    def repeated(self) -> bool:
+        """Sets are probed more than once (--repeat K, --flaky): rates and a confidence."""
+        return self.flaky or self.repeat > 1
 
     @property
     def adaptive(self) -> bool:

@@ -5,7 +5,7 @@ An outcome is stored under the SHA-256 of everything that can change it (see
 the interpreter (executable, version, implementation, wheel tag, platform, the
 whole PEP 508 marker environment); the probe's settings (its kind and command or
 module, the broker's kind and server version, the probe module's digest) with
-its configured time limits, grace and repeat count; envbisect's version; and the
+its configured time limits and grace; how many times the set is probed; envbisect's version; and the
 values of the environment variables a probe is known to read
 (:data:`PROBE_VARIABLES`). Values enter the key only through the hash; an entry
 holds the probe's (masked) result and nothing else: not a stuck worker's stacks,
@@ -87,10 +87,11 @@ class OutcomeCache:
         self.enabled = enabled
         self._context = json.dumps(context, sort_keys=True, default=str)
 
-    def key(self, packages: Mapping[NormalizedName, Package]) -> str:
-        """The key of a trial of exactly these distributions in this run's context."""
+    def key(self, packages: Mapping[NormalizedName, Package], runs: int = 1) -> str:
+        """The key of a trial of exactly these distributions, probed ``runs`` times (a
+        set passes only if all its runs pass), in this run's context."""
         ident = [f"{p.name}=={p.version}#{p.digest}" for _, p in sorted(packages.items())]
-        blob = json.dumps({"context": self._context, "packages": ident})
+        blob = json.dumps({"context": self._context, "packages": ident, "runs": runs})
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str, limits: Limits) -> ProbeResult | None:

@@ -12,19 +12,31 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from envbisect.delta import Change, ChangeKind, Delta
+from envbisect.delta import Change, ChangeKind, Delta, Package
 from envbisect.errors import EnvironmentBuildError, InputError, TimeLimitError
+from envbisect.flakiness import (
+    ESTIMATE_FAILURES,
+    ESTIMATE_RUNS,
+    GOOD_RUNS,
+    MOST_RUNS,
+    choose_runs,
+    confidence,
+    miss_chance,
+)
 from envbisect.limits import Limits, generous, learn
 from envbisect.model import (
     Diagnosis,
     Finding,
+    Flakiness,
     Narrowing,
     Observer,
     Outcome,
     Phase,
     ProbeResult,
+    Rate,
     Trial,
     Verdict,
+    percent,
 )
 from envbisect.narrow import narrow
 from envbisect.options import Options
@@ -70,10 +82,11 @@ class Procedure:
 
     def run(self) -> Finding:
         """The whole bisection, to a finding."""
-        # Step 1 (gate): the candidate decides first; when it fails, the search goes on
-        # with the candidate's and the baseline's results known.
-        if self.options.gate:
-            decided = self._gate()
+        # Step 1 (gate, or sets probed repeatedly): the pair first, every run of each. A
+        # gate's candidate decides here unless it fails; --flaky chooses K from the bad
+        # set's failure rate. The search then knows both ends.
+        if self.options.gate or self.options.repeated:
+            decided = self._pair()
             if decided is not None:
                 return decided
         # Step 2: the sanity pair (good passes, bad fails), then delta debugging.
@@ -115,29 +128,89 @@ class Procedure:
             narrowings=[n for n in narrowings if n is not None],
         )
 
-    def _gate(self) -> Finding | None:
-        """The candidate decides: a verdict when it does not fail, else None (search on).
+    def _pair(self) -> Finding | None:
+        """Probe the good and the bad set (a gate's baseline and candidate) with every run;
+        a verdict when they settle the run, else None (search on).
 
-        Both are probed afresh, never taken from the outcome cache: the gate's verdict is
-        theirs. The baseline is probed alongside (first, when one probe runs at a time), as
-        the search's sanity pair would be: a failing candidate then waits only as long as
-        the baseline's healthy worker suggests.
+        Both are probed afresh, never taken from the outcome cache: their runs are the
+        run's rates, and a gate's verdict is theirs. The good set is probed alongside
+        (first, when one probe runs at a time): a failing bad set then waits only as
+        long as the good set's healthy worker suggests.
         """
         sets = [frozenset(), self._everything] if self.delta.changes else [frozenset()]
-        phases = {frozenset(): Phase.GOOD, self._everything: Phase.CANDIDATE}
+        bad_phase = Phase.CANDIDATE if self.options.gate else Phase.BAD
+        phases = {frozenset(): Phase.GOOD, self._everything: bad_phase}
+        runs = {frozenset(): self.options.repeat, self._everything: self.options.repeat}
+        stops = None
+        if self.options.flaky:
+            runs = {frozenset(): GOOD_RUNS, self._everything: ESTIMATE_RUNS}
+            stops = ESTIMATE_FAILURES
         trials = self.rounds.run(
-            [self.rounds.request(s, phases[s], self.limits, cache=False) for s in sets]
+            [
+                self.rounds.request(
+                    s,
+                    phases[s],
+                    self.limits,
+                    cache=False,
+                    runs=runs[s],
+                    stop_after=stops if s else None,
+                )
+                for s in sets
+            ]
         )
-        candidate, baseline = trials[-1], trials[0]
-        if candidate.outcome is Outcome.PASS:
-            note = ""
-            if baseline.outcome is not Outcome.PASS:
-                note = f"the baseline fails the probe ({baseline.outcome}): the candidate fixes it"
-            return self._finding(Verdict.PASS, candidate, note=note)
-        if candidate.outcome is not Outcome.FAIL:
-            return self._undecided(candidate, f"candidate {self.bad.label}")
+        bad, good = trials[-1], trials[0]
+        if self.options.gate:
+            if bad.outcome is Outcome.PASS:
+                notes = [_never_failed(bad)] if len(bad.results) > 1 else []
+                if good.outcome is not Outcome.PASS:
+                    notes.append(
+                        f"the baseline fails the probe ({good.outcome}): the candidate fixes it"
+                    )
+                return self._finding(Verdict.PASS, bad, note="; ".join(notes))
+            if bad.outcome is not Outcome.FAIL:
+                return self._undecided(bad, f"candidate {self.bad.label}")
+        good_rate = Rate.of(r.outcome for r in good.results)
+        if 0 < good_rate.failed < good_rate.runs:
+            return self._finding(
+                Verdict.INCONSISTENT,
+                good,
+                note=f"the good set also fails sometimes ({good_rate.describe()} failed): "
+                "no set of changes can be told apart from it",
+                disagreements=(frozenset(),),
+            )
+        if bad.outcome is Outcome.FAIL and good.outcome is Outcome.PASS:
+            refused = self._choose_runs(Rate.of(r.outcome for r in bad.results))
+            if refused is not None:
+                return refused
         # The search's sanity pair is done: it must not probe either set again.
         self.rounds.known.update({trial.changes: trial for trial in trials})
+        return None
+
+    def _choose_runs(self, bad: Rate) -> Finding | None:
+        """K, the runs each set gets: --flaky's choice from the bad set's rate, else
+        --repeat's; an inconsistent finding when the failure is too rare to bisect."""
+        runs: int | None = self.options.repeat
+        if self.options.flaky:
+            runs = choose_runs(bad, len(self.delta.changes))
+        if runs is None:
+            return self._finding(
+                Verdict.INCONSISTENT,
+                self._trial_of(self._everything),
+                note=f"the bad set failed only {bad.describe()}: too rarely to tell sets "
+                f"apart within {MOST_RUNS} runs each (--repeat K chooses K, at its risk)",
+                disagreements=(self._everything,),
+            )
+        self.rounds.runs = runs
+        miss = miss_chance(bad, runs)
+        line = (
+            f"intermittent: the bad set failed {bad.describe()}; each set gets up to {runs} "
+            f"runs, and fails at its first failed run (a set with the culprit passes all "
+            f"{runs} with chance {percent(miss)})"
+        )
+        enough = choose_runs(bad, len(self.delta.changes))
+        if not self.options.flaky and enough is not None and enough > runs:
+            line += f"; too few to be sure: --flaky would choose K = {enough}"
+        self.observer.say(line)
         return None
 
     def _oracle(self, batch: Sequence[frozenset[str]]) -> list[Outcome]:
@@ -157,13 +230,17 @@ class Procedure:
             SearchStatus.GOOD_FAILS: (frozenset(), Outcome.FAIL, Verdict.GOOD_FAILS),
             SearchStatus.BAD_PASSES: (self._everything, Outcome.PASS, Verdict.BAD_PASSES),
         }[status]
-        # By set, not phase: with no changes both are one trial; a gate's is "candidate".
-        trial = next(t for t in self.rounds.trials if t.changes == subset)
+        trial = self._trial_of(subset)
         if trial.outcome is expected:
             return self._finding(verdict, trial)
         return self._undecided(
             trial, "good set" if status is SearchStatus.GOOD_FAILS else "bad set"
         )
+
+    def _trial_of(self, subset: frozenset[str]) -> Trial:
+        """The first trial of this set (the sanity pair's)."""
+        # By set, not phase: with no changes both are one trial; a gate's is "candidate".
+        return next(t for t in self.rounds.trials if t.changes == subset)
 
     def _undecided(self, trial: Trial, side: str) -> Finding:
         """A sanity probe that neither passed nor failed: flaky, skipped, or not run at all."""
@@ -193,15 +270,15 @@ class Procedure:
         limits = self._confirm_limits()
         confirm, good = self.rounds.run(
             [
-                self.rounds.request(result.failing_set, Phase.CONFIRM, limits, cache=False),
-                self.rounds.request(frozenset(), Phase.CONFIRM, limits, cache=False),
+                self.rounds.request(s, Phase.CONFIRM, limits, cache=False, stop_after=None)
+                for s in (result.failing_set, frozenset())
             ]
         )
         for trial, side in ((confirm, "the culprit set"), (good, "the good set")):
             if trial.result.diagnosis is Diagnosis.ENV_BUILD:
                 raise EnvironmentBuildError(f"{side}: {trial.result.detail}")
         if good.outcome is not Outcome.PASS:
-            runs = ", ".join(r.outcome.value for r in good.results)
+            runs = _runs(good)
             note = (
                 f"the good set did not pass when probed again ({runs}), so no culprit is "
                 "named: the probe is flaky, or something outside the package sets decides it"
@@ -215,7 +292,7 @@ class Procedure:
             return confirm, refuted
         if confirm.outcome is not Outcome.FAIL:
             suspects = ", ".join(change.describe() for change in culprits)
-            runs = ", ".join(r.outcome.value for r in confirm.results)
+            runs = _runs(confirm)
             note = (
                 f"the suspected set ({suspects}) did not fail again with generous time "
                 f"limits ({runs}): the probe is flaky, or --timeout is too tight"
@@ -285,6 +362,31 @@ class Procedure:
 
     # The finding.
 
+    def _flakiness(self, confirm: Trial | None) -> Flakiness | None:
+        """With sets probed repeatedly: the rates seen and how sure the run is."""
+        bad = next((t for t in self.rounds.trials if t.changes == self._everything), None)
+        if not self.options.repeated or bad is None or not self.delta.changes:
+            return None
+        rate = Rate.of(r.outcome for r in bad.results)
+        good = [r.outcome for t in self.rounds.trials if not t.changes for r in t.results]
+        runs = self.rounds.runs
+        # Each set that passed, with all its runs (the good set's, sanity and confirmation,
+        # count together): any of them could have hidden a failure.
+        passing: dict[tuple[frozenset[str], Package | None], int] = {}
+        for trial in self.rounds.trials:
+            if trial.outcome is Outcome.PASS:
+                key = (trial.changes, trial.substitute)
+                passing[key] = passing.get(key, 0) + (runs if trial.cached else len(trial.results))
+        return Flakiness(
+            runs=runs,
+            chosen=self.options.flaky,
+            bad=rate,
+            good=Rate.of(good),
+            culprits=None if confirm is None else Rate.of(r.outcome for r in confirm.results),
+            miss=miss_chance(rate, runs),
+            confidence=confidence(rate, passing.values()),
+        )
+
     def _finding(
         self,
         verdict: Verdict,
@@ -314,9 +416,27 @@ class Procedure:
             gate=self.options.gate,
             slots=1 if self.probe.exclusive else self.options.jobs,
             rounds=self._search_rounds,
+            flakiness=self._flakiness(evidence if culprits else None),
             startup_hooks={
                 change.name: startup_hooks(self.wheels.wheel_for(change.bad))
                 for change in culprits
                 if change.bad is not None
             },
         )
+
+
+def _runs(trial: Trial) -> str:
+    """``pass, fail`` for a few runs; ``2 of 15 runs failed`` for many."""
+    if len(trial.results) <= 3:
+        return ", ".join(r.outcome.value for r in trial.results)
+    return f"{Rate.of(r.outcome for r in trial.results).describe()} failed"
+
+
+def _never_failed(trial: Trial) -> str:
+    """What a set that passed all its runs rules out (95 %: 1 - 0.05^(1/n))."""
+    runs = len(trial.results)
+    bound = 1 - 0.05 ** (1 / runs)
+    return (
+        f"passed all {runs} runs: a failure rate above {bound * 100:.0f} % would have shown "
+        "with 95 % chance"
+    )

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from envbisect.delta import Change, ChangeKind, Delta
 from envbisect.masking import mask_urls, printable
-from envbisect.model import Finding, Outcome, Trial, Verdict
+from envbisect.model import Finding, Outcome, Trial, Verdict, percent
 
 _STYLE = {
     Outcome.PASS: "green",
@@ -60,6 +60,8 @@ class ConsoleObserver:
             return
         style = _STYLE[trial.outcome]
         cached = " [dim](cached)[/dim]" if trial.cached else ""
+        if len(trial.results) > 1:
+            cached += f" [dim]({_failed_runs(trial)} runs failed)[/dim]"
         self.console.print(
             f"  trial {trial.index:>2} {trial.phase:<7} {len(trial.changes):>3} change(s) "
             f"[{style}]{trial.outcome.value:<5}[/{style}] {trial.seconds:5.1f} s{cached}  "
@@ -118,7 +120,14 @@ def summary_line(finding: Finding) -> str:
             for n in finding.narrowings
             if n.first_bad is not None
         )
-        return f"{head}: {culprits}{narrowed}"
+        rates = ""
+        flakiness = finding.flakiness
+        if flakiness is not None and flakiness.culprits is not None:
+            rates = (
+                f" (fails {flakiness.culprits.describe()}; good set {flakiness.good.describe()}; "
+                f"confidence {percent(flakiness.confidence)})"
+            )
+        return f"{head}: {culprits}{rates}{narrowed}"
     return f"{command}: {_headline(finding)}"
 
 
@@ -154,6 +163,8 @@ def render(finding: Finding, console: Console) -> None:
                     console.print("  [dim]narrowed:[/dim] " + shown(narrowing.describe()))
     else:
         console.print(f"[bold yellow]{shown(_headline(finding))}[/bold yellow]")
+    if finding.flakiness is not None:
+        console.print(f"[dim]intermittent:[/dim] {shown(finding.flakiness.describe())}")
     if finding.note:
         console.print(f"[dim]note:[/dim] {shown(finding.note)}")
     console.print(_trial_table(finding.trials))
@@ -196,6 +207,11 @@ def _headline(finding: Finding) -> str:
     }[finding.verdict]
 
 
+def _failed_runs(trial: Trial) -> str:
+    """``2/15``: how many of a repeated trial's runs failed."""
+    return f"{sum(r.outcome is Outcome.FAIL for r in trial.results)}/{len(trial.results)}"
+
+
 def _trial_table(trials: Sequence[Trial]) -> Table:
     table = Table(title="trials", title_justify="left", show_edge=False, pad_edge=False)
     numeric = {"#", "changes", "s", "env s", "boot s", "wait s"}
@@ -211,7 +227,8 @@ def _trial_table(trials: Sequence[Trial]) -> Table:
             trial.phase,
             str(len(trial.changes)),
             f"[{_STYLE[trial.outcome]}]{trial.outcome.value}[/]"
-            + (" (cached)" if trial.cached else ""),
+            + (" (cached)" if trial.cached else "")
+            + (f" {_failed_runs(trial)}" if len(trial.results) > 1 else ""),
             f"{trial.seconds:.1f}",
             f"{trial.env_seconds:.2f}",
             f"{timings.get('boot', 0.0):.2f}",

@@ -7,6 +7,7 @@ JUnit XML). Every string in it is masked (:mod:`envbisect.masking`) and printabl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from packaging.utils import NormalizedName
@@ -14,7 +15,7 @@ from packaging.utils import NormalizedName
 from envbisect import __version__
 from envbisect.delta import Change, Delta
 from envbisect.masking import mask_urls, scrub
-from envbisect.model import Finding, Narrowing, Trial
+from envbisect.model import Finding, Flakiness, Narrowing, Trial
 from envbisect.report import culprit_line, summary_line
 from envbisect.stacks import Stacks, ThreadStack
 from envbisect.startup import StartupHook
@@ -42,6 +43,7 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "jobs": finding.jobs,
         "slots": finding.slots,
         "rounds": finding.rounds,
+        "flakiness": None if finding.flakiness is None else _flakiness_json(finding.flakiness),
         "seconds": round(finding.seconds, 3),
         "changes": {"total": len(delta.changes), **kinds},
         "changed_packages": [_change_json(change) for change in delta.changes],
@@ -55,6 +57,20 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "cleanup_errors": list(finding.cleanup_errors),
     }
     return scrub(report)
+
+
+def _flakiness_json(flakiness: Flakiness) -> dict[str, Any]:
+    culprits = flakiness.culprits
+    return {
+        "runs": flakiness.runs,
+        "chosen": flakiness.chosen,
+        "bad": asdict(flakiness.bad),
+        "good": asdict(flakiness.good),
+        "culprits": None if culprits is None else asdict(culprits),
+        "miss_chance": round(flakiness.miss, 6),
+        "confidence": round(flakiness.confidence, 6),
+        "summary": flakiness.describe(),
+    }
 
 
 def _change_json(change: Change) -> dict[str, Any]:

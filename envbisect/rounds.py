@@ -41,7 +41,9 @@ class Rounds:
         self.observer = observer
         self.finished = finished  #: called as soon as a trial ends, in the runner's thread
         self.trials: list[Trial] = []
-        self.known: dict[frozenset[str], Trial] = {}  #: sets never probed again (the gate's)
+        self.known: dict[frozenset[str], Trial] = {}  #: sets never probed again (the pair's)
+        #: K: how often a set is probed (a search trial stops at its first failed run)
+        self.runs = 1
         self._lock = threading.Lock()
         self._count = 0
 
@@ -54,9 +56,12 @@ class Rounds:
         *,
         substitute: Package | None = None,
         cache: bool = True,
+        runs: int | None = None,
+        stop_after: int | None = 1,
     ) -> TrialRequest | Trial:
         """A request for a new trial of good + ``changes`` (or exactly ``packages``), or the
-        known trial of this set."""
+        known trial of this set. It is probed ``runs`` times (default: K), stopping once
+        ``stop_after`` runs failed (None: every run, for a rate)."""
         known = self.known.get(changes) if cache and substitute is None else None
         if known is not None:
             return known
@@ -68,6 +73,8 @@ class Rounds:
             limits=limits,
             use_cache=cache,
             substitute=substitute,
+            runs=self.runs if runs is None else runs,
+            stop_after=stop_after,
         )
 
     def run(self, requests: Sequence[TrialRequest | Trial]) -> list[Trial]:

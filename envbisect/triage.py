@@ -89,7 +89,6 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
             run.ledger,
             run.token,
             jobs=options.jobs,
-            repeat=options.repeat,
         )
         procedure = Procedure(
             options, probe, run.runner, wheels, (good, bad), delta, observer, started
@@ -212,7 +211,6 @@ def _limit_settings(options: Options) -> dict[str, object]:
         "boot_timeout": options.boot_timeout,
         "adaptive": options.adaptive,
         "grace": options.grace,
-        "repeat": options.repeat,
     }
 
 

@@ -5,7 +5,7 @@ procedure decides *which* sets to probe and what the outcomes mean; a
 :class:`TrialRunner` only runs what it is asked, as far as its slots allow, and
 says what it saw. :class:`LocalRunner` runs them on this machine: it builds
 each trial env from the wheel source (ahead of time where the procedure says
-which sets come next), probes it ``repeat`` times, answers from the outcome
+which sets come next), probes it as often as asked, answers from the outcome
 cache where that may stand in for a probe (see :mod:`envbisect.outcomes`), and
 schedules the clean-up (stopping healthy workers, deleting queues and envs)
 off the critical path.
@@ -25,6 +25,7 @@ from typing import Protocol
 from envbisect import processes
 from envbisect.delta import Package, Packages
 from envbisect.errors import EnvbisectError, EnvironmentBuildError
+from envbisect.flakiness import outcome_of
 from envbisect.leftovers import Ledger
 from envbisect.limits import Limits
 from envbisect.masking import mask_urls
@@ -48,6 +49,10 @@ class TrialRequest:
     #: confirmation's trials decide a verdict themselves).
     use_cache: bool = True
     substitute: Package | None = None  #: narrowing: the version tried instead of the bad one
+    runs: int = 1  #: how many times to probe the set (--repeat K, --flaky)
+    #: Stop probing once this many runs failed (None: all ``runs``): one failure already
+    #: fails a search trial; the bad set's estimate of its failure rate wants a few.
+    stop_after: int | None = None
 
 
 class TrialRunner(Protocol):
@@ -82,7 +87,6 @@ class LocalRunner:
         run_token: str,
         *,
         jobs: int,
-        repeat: int,
     ) -> None:
         self.probe = probe
         self.wheels = wheels
@@ -90,7 +94,6 @@ class LocalRunner:
         self.outcomes = outcomes
         self.ledger = ledger  #: the run's queues, recorded before they are declared
         self.run_token = run_token
-        self.repeat = repeat
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="envbisect-trial")
         # At most this many probes at once, counting a failing worker that is still being
         # stopped: one when asked (--jobs 1) or when probes share a directory (--cwd).
@@ -133,7 +136,7 @@ class LocalRunner:
 
     def _run(self, request: TrialRequest) -> Trial:
         """The cached outcome where it may stand in for a probe, else a fresh probe."""
-        key = self.outcomes.key(request.packages)
+        key = self.outcomes.key(request.packages, request.runs)
         # An outcome that files outside the env decide (an editable install's source tree,
         # what a --probe-cmd reads) can change without the set changing: never cached.
         cacheable = self.probe.cacheable and not any(
@@ -156,7 +159,7 @@ class LocalRunner:
         return trial
 
     def _probe(self, request: TrialRequest) -> Trial:
-        """Build (or take the prebuilt) env, probe it ``repeat`` times, schedule its removal."""
+        """Build (or take the prebuilt) env, probe it as often as asked, schedule its removal."""
         started = time.monotonic()
         label = f"t{request.index:02d}"
         prebuilt = self._prebuilt.pop(frozenset(request.packages.values()), None)
@@ -182,19 +185,21 @@ class LocalRunner:
                 substitute=request.substitute,
             )
         waited_for_env = time.monotonic() - started
+        results: list[ProbeResult] = []
         try:
-            results = tuple(
-                self._run_probe(env, f"{label}r{n}", request.limits) for n in range(self.repeat)
-            )
+            for n in range(request.runs):
+                results.append(self._run_probe(env, f"{label}r{n}", request.limits))
+                failed = sum(result.outcome is Outcome.FAIL for result in results)
+                if request.stop_after is not None and failed >= request.stop_after:
+                    break
         finally:
             self._later(lambda: self.workspace.discard(env))
-        outcomes = {result.outcome for result in results}
         return Trial(
             request.index,
             request.phase,
             request.changes,
-            outcomes.pop() if len(outcomes) == 1 else Outcome.FLAKY,
-            results,
+            outcome_of([result.outcome for result in results]),
+            tuple(results),
             env_seconds=waited_for_env,
             build_seconds=build.total,
             seconds=time.monotonic() - started,

@@ -124,6 +124,10 @@ def test_a_bug_is_one_line_exit_9_and_a_report_never_exit_1(
             "--probe-cmd is a probe of its own: leave out --probe/--worker-module",
         ),
         (["--find-links", "/nonexistent-dir"], "--find-links /nonexistent-dir: not a directory"),
+        (
+            ["--flaky", "--repeat", "5"],
+            "--flaky chooses how often to probe each set: drop --repeat",
+        ),
     ],
 )
 def test_options_that_would_be_ignored_or_are_wrong_are_bad_input_with_a_report(

@@ -21,7 +21,7 @@ from .test_delta import MARKERS, pkg
 PACKAGES = {"pika": pkg("pika", "1.3.2", digest="abc")}
 PY311 = Interpreter(Path("/usr/bin/python3.11"), "3.11.7", MARKERS, "cp311-cp311-linux_x86_64", "l")
 PY312 = Interpreter(Path("/usr/bin/python3.12"), "3.12.1", MARKERS, "cp312-cp312-linux_x86_64", "l")
-LIMITS = {"timeout": 30.0, "boot_timeout": 60.0, "adaptive": True, "grace": 0.5, "repeat": 1}
+LIMITS = {"timeout": 30.0, "boot_timeout": 60.0, "adaptive": True, "grace": 0.5}
 
 
 def cache(tmp_path: Path, **context: Any) -> OutcomeCache:
@@ -40,17 +40,24 @@ def cache(tmp_path: Path, **context: Any) -> OutcomeCache:
         {"interpreter": PY312},
         {"probe_settings": "consume on amqp://guest:***@h/ server=RabbitMQ 4.0.0"},
         {"limits": LIMITS | {"timeout": 10.0}},
-        {"limits": LIMITS | {"repeat": 3}},
+        {"limits": LIMITS | {"grace": 2.0}},
         {"environ": {"PYTHONHASHSEED": "1"}},
         {"environ": {"dramatiq_queue_prefetch": "1"}},
         {"environ": {"GEVENT_LOOP": "libuv"}},
     ],
-    ids=["interpreter", "broker", "timeout", "repeat", "hashseed", "dramatiq", "gevent"],
+    ids=["interpreter", "broker", "timeout", "grace", "hashseed", "dramatiq", "gevent"],
 )
 def test_anything_that_can_change_an_outcome_changes_the_key(
     tmp_path: Path, change: dict[str, Any]
 ) -> None:
     assert cache(tmp_path).key(PACKAGES) != cache(tmp_path, **change).key(PACKAGES)
+
+
+def test_the_number_of_runs_changes_the_key(tmp_path: Path) -> None:
+    # A set passes only if all its runs pass: three passing runs say more than one.
+    outcomes = cache(tmp_path)
+    assert outcomes.key(PACKAGES) == outcomes.key(PACKAGES, 1)
+    assert outcomes.key(PACKAGES, 3) != outcomes.key(PACKAGES, 1)
 
 
 def test_unrelated_variables_do_not_change_the_key(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from envbisect.delta import Delta, Package, Packages
 from envbisect.errors import EnvironmentBuildError, InputError
+from envbisect.flakiness import outcome_of
 from envbisect.limits import Limits
 from envbisect.model import Diagnosis, Outcome, Phase, ProbeResult, Trial, TrialEnv, Verdict
 from envbisect.options import Options
@@ -27,7 +28,7 @@ from envbisect.trials import TrialRequest
 from envbisect.venvs import Interpreter
 from envbisect.wheelsource import WheelSource
 
-Script = Callable[[Packages, int], Outcome]  # (package set, how often seen before) → outcome
+Script = Callable[[Packages, int], Outcome]  # (package set, its runs before) → a run's outcome
 
 
 def pkg(name: str, version: str, *requires: str) -> Package:
@@ -79,21 +80,28 @@ class ScriptedRunner:
     ) -> Future[Trial]:
         self.requests.append(request)
         key = frozenset(request.packages.values())
-        outcome = self.script(request.packages, self.seen.get(key, 0))
-        self.seen[key] = self.seen.get(key, 0) + 1
-        diagnosis = {
-            Outcome.PASS: Diagnosis.CONSUMED,
-            Outcome.FAIL: Diagnosis.DELIVERED_NOT_RUN,
-            Outcome.SKIP: Diagnosis.SKIPPED,
-            Outcome.ERROR: Diagnosis.ENV_BUILD,
-        }[outcome]
-        result = ProbeResult(outcome, diagnosis, f"scripted {outcome}", timings=self.timings)
+        results: list[ProbeResult] = []
+        for _ in range(request.runs):
+            outcome = self.script(request.packages, self.seen.get(key, 0))
+            self.seen[key] = self.seen.get(key, 0) + 1
+            diagnosis = {
+                Outcome.PASS: Diagnosis.CONSUMED,
+                Outcome.FAIL: Diagnosis.DELIVERED_NOT_RUN,
+                Outcome.SKIP: Diagnosis.SKIPPED,
+                Outcome.ERROR: Diagnosis.ENV_BUILD,
+            }[outcome]
+            results.append(
+                ProbeResult(outcome, diagnosis, f"scripted {outcome}", timings=self.timings)
+            )
+            failed = sum(r.outcome is Outcome.FAIL for r in results)
+            if request.stop_after is not None and failed >= request.stop_after:
+                break
         trial = Trial(
             request.index,
             request.phase,
             request.changes,
-            outcome,
-            (result,),
+            outcome_of([r.outcome for r in results]),
+            tuple(results),
             substitute=request.substitute,
         )
         future: Future[Trial] = Future()
@@ -372,3 +380,84 @@ def test_the_finding_says_how_many_rounds_and_probes_at_once() -> None:
     assert 2 <= finding.rounds <= len(search)
     gate = procedure(ScriptedRunner(lambda packages, _: Outcome.PASS), command="gate").run()
     assert gate.rounds == 0
+
+
+# Sets probed repeatedly (--repeat K, --flaky): any failed run fails a set.
+
+
+def every_other_run_with(name: str, *, also_good_at: int | None = None) -> Script:
+    """Sets with ``name`` fail every other run (the first included); the good set fails
+    only at its run ``also_good_at``."""
+
+    def script(packages: Packages, seen: int) -> Outcome:
+        if canonicalize_name(name) in packages:
+            return Outcome.FAIL if seen % 2 == 0 else Outcome.PASS
+        if len(packages) == len(GOOD) and seen == also_good_at:
+            return Outcome.FAIL
+        return Outcome.PASS
+
+    return script
+
+
+def test_repeat_k_names_a_culprit_that_fails_one_run_in_three_and_says_how_sure() -> None:
+    def script(packages: Packages, seen: int) -> Outcome:
+        return Outcome.FAIL if "gevent" in packages and seen % 3 == 2 else Outcome.PASS
+
+    run = procedure(ScriptedRunner(script), repeat=3)
+    finding = run.run()
+    said = run.observer
+    assert isinstance(said, Said)
+    assert finding.verdict is Verdict.CULPRIT_FOUND
+    assert [c.name for c in finding.culprits] == ["gevent"]
+    flakiness = finding.flakiness
+    assert flakiness is not None and not flakiness.chosen
+    assert flakiness.runs == 3
+    assert (flakiness.bad.failed, flakiness.bad.runs) == (1, 3)
+    assert flakiness.culprits is not None and flakiness.culprits.failed == 1
+    assert flakiness.good.failed == 0
+    # Three runs are too few for a failure seen once in three: the run says so.
+    assert flakiness.confidence < 0.9
+    assert any("--flaky would choose K" in line for line in said.lines)
+
+
+def test_flaky_chooses_k_from_the_bad_sets_rate_and_names_the_culprit() -> None:
+    runner = ScriptedRunner(every_other_run_with("gevent"))
+    finding = procedure(runner, flaky=True).run()
+    assert finding.verdict is Verdict.CULPRIT_FOUND
+    assert [c.name for c in finding.culprits] == ["gevent"]
+    flakiness = finding.flakiness
+    assert flakiness is not None and flakiness.chosen
+    bad = next(r for r in runner.requests if r.phase is Phase.BAD)
+    assert bad.stop_after == 6 and bad.runs >= 6
+    assert (flakiness.bad.failed, flakiness.bad.runs) == (6, 11)
+    search = [r for r in runner.requests if r.phase is Phase.SEARCH]
+    assert search and all(r.runs == flakiness.runs and r.stop_after == 1 for r in search)
+    confirm = [r for r in runner.requests if r.phase is Phase.CONFIRM]
+    assert confirm and all(r.runs == flakiness.runs and r.stop_after is None for r in confirm)
+    assert flakiness.runs > 3 and flakiness.confidence >= 0.99
+    assert flakiness.culprits is not None
+    assert flakiness.culprits.failed == (flakiness.runs + 1) // 2
+
+
+def test_a_good_set_that_also_fails_sometimes_is_inconsistent_with_its_rate() -> None:
+    runner = ScriptedRunner(every_other_run_with("gevent", also_good_at=4))
+    finding = procedure(runner, flaky=True).run()
+    assert finding.verdict is Verdict.INCONSISTENT
+    assert finding.culprits == ()
+    assert "the good set also fails sometimes (1 of 10 runs failed)" in finding.note
+
+
+def test_a_failure_too_rare_to_bisect_is_inconsistent_not_a_guess() -> None:
+    def script(packages: Packages, seen: int) -> Outcome:
+        return Outcome.FAIL if "gevent" in packages and seen == 30 else Outcome.PASS
+
+    finding = procedure(ScriptedRunner(script), flaky=True).run()
+    assert finding.verdict is Verdict.INCONSISTENT
+    assert "the bad set failed only 1 of 50 runs: too rarely" in finding.note
+
+
+def test_a_gate_whose_candidate_passes_every_run_says_what_that_rules_out() -> None:
+    runner = ScriptedRunner(lambda packages, _: Outcome.PASS)
+    finding = procedure(runner, command="gate", repeat=20).run()
+    assert finding.verdict is Verdict.PASS
+    assert "passed all 20 runs: a failure rate above 14 % would have shown" in finding.note

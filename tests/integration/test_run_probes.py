@@ -188,9 +188,11 @@ def test_redis_broker_finds_the_pair(
     assert str(report["probe"]).endswith("redis://127.0.0.1:6379/0")
 
 
-def test_flaky_bad_set_is_reported_not_bisected(
+def test_repeat_names_a_package_that_fails_one_run_in_three(
     tmp_path: Path, cache_dir: Path, broker_url: str, fixture_env: Callable[[str], Path]
 ) -> None:
+    # flaky-shim makes every third worker start of an env exit: a set with it fails one
+    # of its three runs, and one failed run fails a set.
     code, report = bisect(
         tmp_path,
         cache_dir,
@@ -203,39 +205,54 @@ def test_flaky_bad_set_is_reported_not_bisected(
         "--repeat",
         "3",
     )
-    assert code == ExitCode.INCONSISTENT
-    assert report["culprits"] == []
-    assert "the bad set is flaky" in str(report["note"])
+    assert code == ExitCode.OK
+    assert names(report) == ["flaky-shim"]
     trials = report["trials"]
     assert isinstance(trials, list)
     bad = next(t for t in trials if t["phase"] == "bad")
-    assert bad["outcome"] == "flaky"
-    assert sorted(bad["runs"]) == ["fail", "pass", "pass"]
+    assert (bad["outcome"], bad["runs"]) == ("fail", ["pass", "pass", "fail"])
+    flakiness = report["flakiness"]
+    assert isinstance(flakiness, dict)
+    assert (flakiness["runs"], flakiness["chosen"]) == (3, False)
+    assert flakiness["bad"] == {"failed": 1, "runs": 3}
+    assert flakiness["culprits"] == {"failed": 1, "runs": 3}
+    assert flakiness["good"]["failed"] == 0
+    # Three runs are few for a failure seen once in three: the confidence says so.
+    assert flakiness["confidence"] < 0.99
+    assert "(fails 1 of 3 runs; good set 0 of" in str(report["summary"])
 
 
-def test_search_works_around_a_flaky_package(
+def test_flaky_names_an_intermittent_stall_with_its_rate_and_confidence(
     tmp_path: Path, cache_dir: Path, broker_url: str, fixture_env: Callable[[str], Path]
 ) -> None:
+    # trace-sampler stalls about half the worker starts: --flaky estimates the rate from
+    # the bad set's runs, chooses K, and names it.
     code, report = bisect(
         tmp_path,
         cache_dir,
         "--bad",
-        str(fixture_env("stall-flaky")),
+        str(fixture_env("stall-sometimes")),
         "--good",
         str(MINIMAL),
         "--broker-url",
         broker_url,
-        "--repeat",
-        "3",
+        "--flaky",
     )
-    assert code == ExitCode.OK
-    assert names(report) == ["telemetry-shim"]
-    trials = report["trials"]
-    assert isinstance(trials, list)
-    confirm = next(t for t in trials if t["phase"] == "confirm")
-    assert confirm["runs"] == ["fail", "fail", "fail"]
-    good = next(t for t in trials if t["phase"] == "good")
-    assert good["runs"] == ["pass", "pass", "pass"]
+    assert code == ExitCode.OK, report["note"]
+    assert names(report) == ["trace-sampler"]
+    flakiness = report["flakiness"]
+    assert isinstance(flakiness, dict)
+    assert flakiness["chosen"] is True
+    assert flakiness["bad"] == {"failed": 6, "runs": 11}  # starts 1, 2, 4, 7, 8, 11 stall
+    k = flakiness["runs"]
+    assert 6 < k <= 40
+    assert flakiness["culprits"]["runs"] == k
+    assert 0 < flakiness["culprits"]["failed"] < k
+    assert flakiness["good"] == {"failed": 0, "runs": 10 + k}
+    assert flakiness["confidence"] >= 0.99
+    evidence = report["evidence"]
+    assert isinstance(evidence, dict)
+    assert evidence["diagnosis"] == "not-delivered"
 
 
 def test_a_command_probes_outcomes_are_never_cached(
