@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 from envbisect.masking import scrub
@@ -46,10 +47,12 @@ def markdown(report: Report) -> str:
         f"- probe: `{report['probe']}`",
         "",
     ]
-    for culprit in report["culprits"]:
+    for number, culprit in enumerate(report["culprits"]):
         lines.append(f"**Culprit:** `{culprit['summary']}`  ")
         if len(culprit["path"]) > 1:
             lines.append(f"path: {' → '.join(f'`{step}`' for step in culprit['path'])}  ")
+        if culprit["path"]:
+            lines += ["", *_mermaid(culprit, f"c{number}_"), ""]
         hooks = culprit.get("startup_hooks") or []
         if hooks:
             described = ", ".join(_code(f"{hook['file']}: {hook['line']}") for hook in hooks)
@@ -73,6 +76,8 @@ def markdown(report: Report) -> str:
         lines += _stacks(evidence)
         if evidence["output"]:
             lines += _details("worker / command output", _fenced(evidence["output"][-30:]))
+    if report["trials"] and verdict != "pass":
+        lines += _search_picture(report["trials"], report["changes"]["total"], (good, bad))
     changes = report["changed_packages"]
     if changes:
         table = [f"| package | {good} | {bad} | change |", "|---|---|---|---|"]
@@ -185,6 +190,51 @@ def _stacks(evidence: Report) -> list[str]:
     if frames:
         lines += _details(f"every thread's stack ({len(threads)} threads)", _fenced(frames))
     return lines
+
+
+def _mermaid(culprit: Report, prefix: str) -> list[str]:
+    """How the culprit got in, as a Mermaid graph: the chain from a top-level requirement
+    to it, and what it needs (GitHub and GitLab draw it)."""
+    path, needs = culprit["path"], culprit["requires"]
+    lines = ["```mermaid", "graph LR"]
+    ids = [f"{prefix}p{i}" for i in range(len(path))]
+    lines += [f'  {node}["{_label(step)}"]' for node, step in zip(ids, path, strict=True)]
+    lines += [f"  {a} -->|requires| {b}" for a, b in pairwise(ids)]
+    for i, need in enumerate(needs):
+        lines.append(f'  {ids[-1]} --> {prefix}n{i}["{_label(need)}"]')
+    lines += [f"  class {ids[-1]} culprit", "  classDef culprit fill:#fdd,stroke:#c00", "```"]
+    return lines
+
+
+def _label(pin: str) -> str:
+    """``gevent 26.9.0`` for ``gevent==26.9.0``, safe inside a quoted Mermaid label."""
+    text = pin.replace("==", " ")
+    return "".join(c if c.isalnum() or c in " .-_+!~" else f"#{ord(c)};" for c in text)
+
+
+#: How wide the search picture's widest bar (every change) is.
+_BAR = 40
+
+
+def _search_picture(trials: Sequence[Report], total: int, sides: tuple[str, str]) -> list[str]:
+    """Each trial as a row: the changes in play as a bar, and what the probe said."""
+    marks = {"pass": "✓ pass", "fail": "✗ fail"}
+    rows = []
+    for trial in trials:
+        size = trial["size"]
+        bar = "█" * max(1 if size else 0, round(_BAR * size / total) if total else 0)
+        label = {"good": sides[0], "bad": sides[1]}.get(trial["phase"], trial["phase"])
+        if trial["phase"] == "narrow":
+            label = "narrow"
+        outcome = marks.get(trial["outcome"], f"? {trial['outcome']}")
+        rows.append(f"{trial['index']:>3} {label:<9} {bar:<{_BAR}} {size:>4}  {outcome}")
+    head = f"  # {'trial':<9} {'changes in play':<{_BAR}} {'n':>4}  outcome"
+    return [
+        f"**Search** ({len(trials)} trials over {total} changes):",
+        "",
+        *_fenced([head, *rows]),
+        "",
+    ]
 
 
 def _details(summary: str, body: Sequence[str]) -> list[str]:

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.tree import Tree
 
-from envbisect.delta import Change, ChangeKind, Delta
+from envbisect.delta import Change, ChangeKind, Delta, Package
 from envbisect.masking import mask_urls, printable
 from envbisect.model import Finding, Outcome, Trial, Verdict, percent
 
@@ -150,8 +152,8 @@ def render(finding: Finding, console: Console) -> None:
                 f"[bold red]{label}:[/bold red] {shown(culprit_line(change, finding.delta))}"
             )
             chain = finding.delta.path_from_top(change.name)
-            if len(chain) > 1:
-                console.print("  [dim]path:[/dim] " + shown(" → ".join(str(p) for p in chain)))
+            if chain:
+                console.print(Padding(_path_tree(chain, finding.delta.needs(change.name)), (0, 2)))
             hooks = finding.startup_hooks.get(change.name, ())
             if hooks:
                 console.print(
@@ -192,6 +194,18 @@ def render(finding: Finding, console: Console) -> None:
         console.print(f"[dim]envs kept in {shown(finding.workspace)}[/dim]")
     for problem in finding.cleanup_errors:
         console.print(f"[yellow]clean-up failed:[/yellow] {shown(problem)}")
+
+
+def _path_tree(chain: Sequence[Package], needs: Sequence[Package]) -> Tree:
+    """How a culprit got in: top-level requirement → … → the culprit → what it needs."""
+    tree = Tree("[dim]how it got in[/dim]", guide_style="dim")
+    node = tree
+    for step in chain[:-1]:
+        node = node.add(shown(step))
+    culprit = node.add(f"[bold red]{shown(chain[-1])}[/bold red]")
+    for need in needs:
+        culprit.add(f"[dim]needs[/dim] {shown(need)}")
+    return tree
 
 
 def _headline(finding: Finding) -> str:

@@ -18,9 +18,11 @@ from envbisect.delta import ChangeKind, Delta, FileChange, LocalChange, Package
 from envbisect.model import (
     Diagnosis,
     Finding,
+    Flakiness,
     Narrowing,
     Outcome,
     ProbeResult,
+    Rate,
     Trial,
     Tried,
     Verdict,
@@ -31,6 +33,8 @@ from envbisect.stacks import Frame, Stacks, ThreadStack
 from envbisect.startup import HookKind, StartupHook
 
 from .conftest import SCHEMA, VALIDATOR
+from .test_delta import BAD as STALL_BAD
+from .test_delta import GOOD as STALL_GOOD
 from .test_delta import MARKERS, pkg, side
 
 GOOD = side(pkg("pika", "1.4.4"), pkg("colorama", "0.4.6"), pkg("six", "1.16.0"))
@@ -426,3 +430,104 @@ def test_terminal_report_wraps_on_a_terminal(
     render(leaky_finding(label=label), console())
     (headline,) = [x for x in capsys.readouterr().out.splitlines() if "already fails" in x]
     assert len(headline) <= 80  # today's look: the report wraps to the window
+
+
+def stall_finding() -> Finding:
+    """The stall of tests/test_delta: perfsuite → telemetry-shim (the culprit) → gevent."""
+    delta = Delta(STALL_GOOD, STALL_BAD, MARKERS, {})
+    everything = {c.name for c in delta.changes}
+    shim = delta.change("telemetry-shim")
+    closed = set(delta.closure([shim.name]))
+    trials = (
+        trial(1, "good", set(), PASSED),
+        trial(2, "bad", everything, FAILED),
+        trial(3, "search", closed, FAILED),
+        trial(4, "confirm", closed, FAILED),
+        trial(5, "confirm", set(), PASSED),
+    )
+    return replace(
+        finding(Verdict.CULPRIT_FOUND, gate=False),
+        delta=delta,
+        culprits=(shim,),
+        trials=trials,
+        evidence=trials[3],
+    )
+
+
+def test_markdown_draws_how_the_culprit_got_in_and_the_search() -> None:
+    text = markdown(valid(to_json(stall_finding(), 0)))
+    mermaid = text.split("```mermaid\n")[1].split("```")[0]
+    assert 'c0_p0["perfsuite 2.7.0"]' in mermaid
+    assert 'c0_p1["telemetry-shim 0.4.1"]' in mermaid
+    assert "c0_p0 -->|requires| c0_p1" in mermaid
+    assert 'c0_p1 --> c0_n0["gevent 26.9.0"]' in mermaid
+    assert "class c0_p1 culprit" in mermaid
+    picture = text.split("**Search** (5 trials over ")[1].split("```text\n")[1]
+    rows = picture.split("```")[0].splitlines()
+    total = len(stall_finding().delta.changes)
+    assert rows[1].startswith("  1 good ") and rows[1].endswith("   0  ✓ pass")
+    assert rows[2].startswith("  2 bad       " + "█" * 40)
+    assert rows[2].endswith(f"{total:>4}  ✗ fail")
+    assert rows[3].startswith("  3 search    █") and "█" * 40 not in rows[3]
+    assert len(text.splitlines()) < 120
+
+
+def test_a_mermaid_label_cannot_break_out_of_its_quotes() -> None:
+    report = to_json(stall_finding(), 0)
+    report["culprits"][0]["path"][0] = 'evil"]; click x==1'
+    assert '  c0_p0["evil#34;#93;#59; click x 1"]' in markdown(report)
+
+
+def test_terminal_shows_how_the_culprit_got_in_as_a_tree() -> None:
+    console = Console(record=True, width=120)
+    render(stall_finding(), console)
+    text = console.export_text()
+    tree = [line.rstrip() for line in text.split("how it got in")[1].splitlines()[1:4]]
+    assert tree[0].endswith("── perfsuite 2.7.0")
+    assert tree[1].endswith("── telemetry-shim 0.4.1")
+    assert tree[2].endswith("── needs gevent 26.9.0")
+
+
+def test_reports_carry_a_flaky_culprits_rate_and_the_runs_confidence() -> None:
+    flakiness = Flakiness(
+        runs=14,
+        chosen=True,
+        bad=Rate(6, 11),
+        good=Rate(0, 24),
+        culprits=Rate(7, 14),
+        miss=0.0012,
+        confidence=0.995,
+    )
+    flaky = replace(stall_finding(), flakiness=flakiness)
+    report = valid(to_json(flaky, 0))
+    assert report["flakiness"]["culprits"] == {"failed": 7, "runs": 14}
+    assert report["flakiness"]["confidence"] == 0.995
+    assert "(fails 7 of 14 runs; good set 0 of 24 runs; confidence 99.5 %)" in report["summary"]
+    assert "**Intermittent:** the culprit set fails 7 of 14 runs" in markdown(report)
+    console = Console(record=True, width=300)
+    render(flaky, console)
+    assert "intermittent: the culprit set fails 7 of 14 runs" in console.export_text()
+    assert valid(to_json(stall_finding(), 0))["flakiness"] is None
+
+
+def test_a_121_change_summary_shows_under_60_lines_outside_its_folds() -> None:
+    bad = {**STALL_BAD, **side(*(pkg(f"extra-{i:03d}", "1.0") for i in range(113)))}
+    delta = Delta(STALL_GOOD, bad, MARKERS, {})
+    assert len(delta.changes) == 121
+    everything = {c.name for c in delta.changes}
+    closed = set(delta.closure([canonicalize_name("telemetry-shim")]))
+    names = sorted(everything - closed)
+    trials = [trial(1, "good", set(), PASSED), trial(2, "bad", everything, FAILED)]
+    for n, size in enumerate((60, 30, 15, 8, 4, 2, 1, 0, 0, 0, 0), start=3):
+        trials.append(trial(n, "search", closed | set(names[:size]), FAILED))
+    trials += [trial(14, "confirm", closed, FAILED), trial(15, "confirm", set(), PASSED)]
+    found = replace(stall_finding(), delta=delta, trials=tuple(trials), evidence=trials[-2])
+    text = markdown(valid(to_json(found, 0)))
+    shown, folded = [], 0
+    for line in text.splitlines():
+        folded += line == "<details>"
+        folded -= line == "</details>"
+        if not folded and line != "</details>":
+            shown.append(line)
+    assert "**Search** (15 trials over 121 changes):" in text
+    assert len(shown) < 60, "\n".join(shown)
