@@ -370,7 +370,8 @@ def execute(options: Options) -> int:
         progress = console(stderr=True)
         if not options.quiet:
             progress.print(_line(header), markup=False)
-        finding = triage(options, probe, ConsoleObserver(progress, quiet=options.quiet))
+        with ConsoleObserver(progress, quiet=options.quiet) as observer:
+            finding = triage(options, probe, observer)
     # CI reads the reports: they say what went wrong too, the command line included.
     except EnvbisectError as exc:
         outputs.write(error_json(str(exc), int(exc.exit_code), options.command))

@@ -24,6 +24,7 @@ from envbisect.flakiness import (
     miss_chance,
 )
 from envbisect.limits import Limits, generous, learn
+from envbisect.linesearch import rounds_needed
 from envbisect.model import (
     Diagnosis,
     Finding,
@@ -82,6 +83,7 @@ class Procedure:
 
     def run(self) -> Finding:
         """The whole bisection, to a finding."""
+        self._plan(Phase.CANDIDATE if self.options.gate else Phase.GOOD)
         # Step 1 (gate, or sets probed repeatedly): the pair first, every run of each. A
         # gate's candidate decides here unless it fails; --flaky chooses K from the bad
         # set's failure rate. The search then knows both ends.
@@ -220,6 +222,7 @@ class Procedure:
         trials = self.rounds.run(
             [self.rounds.request(s, self._phase(s), self.limits) for s in batch]
         )
+        self._plan(Phase.SEARCH)
         if self.limits.left() <= 0:
             raise TimeLimitError(f"--max-time {self.options.max_time:g} s reached")
         return [trial.outcome for trial in trials]
@@ -268,6 +271,7 @@ class Procedure:
             + "; and that the good set still passes"
         )
         limits = self._confirm_limits()
+        self._plan(Phase.CONFIRM)
         confirm, good = self.rounds.run(
             [
                 self.rounds.request(s, Phase.CONFIRM, limits, cache=False, stop_after=None)
@@ -334,6 +338,20 @@ class Procedure:
                 raise InputError(problem)
             if trial.outcome is Outcome.PASS and self.options.adaptive:
                 self._learn(trial.result)
+
+    def _plan(self, phase: Phase) -> None:
+        """Tell the observer the phase, the expected trials and the changes in play: the
+        sanity pair, ⌈log_(P+1) N⌉ rounds of P trials, the two confirmations; in play,
+        the smallest set of changes seen failing so far."""
+        slots = 1 if self.probe.exclusive else self.options.jobs
+        changes = len(self.delta.changes)
+        bound = 2 + rounds_needed(changes, slots + 1) * slots + 2
+        failing = [
+            len(t.changes) for t in self.rounds.trials if t.outcome is Outcome.FAIL and t.changes
+        ]
+        self.observer.plan(
+            phase, max(bound, len(self.rounds.trials)), min(failing, default=changes)
+        )
 
     def _phase(self, subset: frozenset[str]) -> Phase:
         if not subset:

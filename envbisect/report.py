@@ -6,17 +6,26 @@ The JSON document is :mod:`envbisect.reportjson`'s. Every text shown is masked
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.tree import Tree
 
 from envbisect.delta import Change, ChangeKind, Delta, Package
 from envbisect.masking import mask_urls, printable
-from envbisect.model import Finding, Outcome, Trial, Verdict, percent
+from envbisect.model import Finding, Outcome, Phase, Trial, Verdict, percent
 
 _STYLE = {
     Outcome.PASS: "green",
@@ -47,11 +56,29 @@ def shown(text: object) -> str:
 
 
 class ConsoleObserver:
-    """Prints each step and each finished trial, as the search goes."""
+    """Prints each step and each finished trial, as the search goes; on a terminal, a live
+    line below them: the phase, trial i of the expected bound, the changes still in play,
+    elapsed and an estimate of what remains. Off a terminal (CI), plain lines only.
+
+    Use it as a context manager: leaving it takes the live line down.
+    """
 
     def __init__(self, console: Console, *, quiet: bool = False) -> None:
         self.console = console
         self.quiet = quiet
+        self._live: Progress | None = None
+        self._task = TaskID(0)
+        self._planned = 0.0  #: when the first plan came (the estimate's clock)
+        self._bound = 0
+        self._done = 0
+
+    def __enter__(self) -> ConsoleObserver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -69,6 +96,47 @@ class ConsoleObserver:
             f"[{style}]{trial.outcome.value:<5}[/{style}] {trial.seconds:5.1f} s{cached}  "
             f"[dim]{shown(trial.result.detail)}[/dim]"
         )
+        self._done += 1
+        if self._live is not None:
+            self._bound = max(self._bound, self._done)
+            self._live.update(
+                self._task, completed=self._done, total=self._bound, left=self._left()
+            )
+
+    def plan(self, phase: Phase, bound: int, in_play: int) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        if self._live is None:
+            self._planned = time.monotonic()
+            self._live = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description:<9}"),
+                BarColumn(bar_width=24),
+                TextColumn("trial {task.completed} of ~{task.total}"),
+                TextColumn("· {task.fields[in_play]} change(s) in play ·"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[left]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self._live.add_task("", total=bound, in_play=in_play, left="")
+            self._live.start()
+        self._bound = max(bound, self._done)
+        self._live.update(
+            self._task,
+            description=str(phase),
+            total=self._bound,
+            completed=self._done,
+            in_play=in_play,
+            left=self._left(),
+        )
+
+    def _left(self) -> str:
+        """``~40 s left``: the trials still expected at the pace so far (rounds included)."""
+        if not self._done:
+            return ""
+        pace = (time.monotonic() - self._planned) / self._done
+        return f"~{pace * max(self._bound - self._done, 0):.0f} s left"
 
 
 def culprit_line(change: Change, delta: Delta) -> str:

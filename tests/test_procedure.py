@@ -148,12 +148,16 @@ class Said:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.trials: list[Trial] = []
+        self.plans: list[tuple[Phase, int, int]] = []
 
     def say(self, text: str) -> None:
         self.lines.append(text)
 
     def trial_finished(self, trial: Trial) -> None:
         self.trials.append(trial)
+
+    def plan(self, phase: Phase, bound: int, in_play: int) -> None:
+        self.plans.append((phase, bound, in_play))
 
 
 def procedure(
@@ -202,6 +206,20 @@ def test_an_interaction_is_named_as_one() -> None:
     assert finding.verdict is Verdict.CULPRIT_FOUND
     assert sorted(c.name for c in finding.culprits) == ["gevent", "rich"]
     assert "fail only together" in finding.note
+
+
+def test_the_observer_hears_the_phase_the_expected_trials_and_the_changes_in_play() -> None:
+    run = procedure(ScriptedRunner(fails_with("gevent")), jobs=1)
+    run.run()
+    said = run.observer
+    assert isinstance(said, Said)
+    phases = [phase for phase, _, _ in said.plans]
+    assert phases[0] is Phase.GOOD and phases[-1] is Phase.CONFIRM
+    assert Phase.SEARCH in phases
+    # The sanity pair, ⌈log2 4⌉ = 2 search trials, two confirmations.
+    assert said.plans[0] == (Phase.GOOD, 6, 4)
+    in_play = [n for phase, _, n in said.plans if phase is Phase.SEARCH]
+    assert in_play == sorted(in_play, reverse=True) and in_play[-1] < 4
 
 
 def test_good_fails() -> None:

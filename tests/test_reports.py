@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -21,13 +22,14 @@ from envbisect.model import (
     Flakiness,
     Narrowing,
     Outcome,
+    Phase,
     ProbeResult,
     Rate,
     Trial,
     Tried,
     Verdict,
 )
-from envbisect.report import console, render, summary_line
+from envbisect.report import ConsoleObserver, console, render, summary_line
 from envbisect.reportjson import error_json, to_json
 from envbisect.stacks import Frame, Stacks, ThreadStack
 from envbisect.startup import HookKind, StartupHook
@@ -531,3 +533,32 @@ def test_a_121_change_summary_shows_under_60_lines_outside_its_folds() -> None:
             shown.append(line)
     assert "**Search** (15 trials over 121 changes):" in text
     assert len(shown) < 60, "\n".join(shown)
+
+
+def observe(console: Console) -> None:
+    with ConsoleObserver(console) as observer:
+        observer.plan(Phase.GOOD, 11, 121)
+        observer.trial_finished(trial(1, "good", set(), PASSED))
+        observer.plan(Phase.SEARCH, 11, 60)
+        observer.trial_finished(trial(2, "search", {"pika"}, FAILED))
+
+
+def test_a_terminal_gets_a_live_line_with_the_phase_the_trials_and_the_changes_in_play() -> None:
+    out = io.StringIO()
+    observe(Console(file=out, force_terminal=True, width=140, highlight=False))
+    text = out.getvalue()
+    assert "trial  1 good" in text  # the lines a log keeps are printed as ever
+    assert "search" in text
+    assert "trial 2 of ~11 · 60 change(s) in play ·" in text
+    assert "s left" in text
+
+
+def test_off_a_terminal_only_plain_lines_are_printed() -> None:
+    out = io.StringIO()
+    observe(Console(file=out, force_terminal=False, width=140, highlight=False))
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["trial", "1", "good"],
+        ["trial", "2", "search"],
+    ]
+    assert "in play" not in out.getvalue()
