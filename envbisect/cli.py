@@ -31,6 +31,8 @@ from envbisect.outputs import Outputs
 from envbisect.processes import Interrupted
 from envbisect.report import ConsoleObserver, console, render
 from envbisect.reportjson import error_json, to_json
+from envbisect.repro import check as check_reproducer
+from envbisect.repro import default_python, read_report, write
 from envbisect.signals import SIGNAL_CODES, signals_raise
 from envbisect.triage import triage
 
@@ -357,6 +359,45 @@ gate = app.command()(
         "Probe --candidate; if it fails, name the change from --baseline that broke it (exit 1).",
     )
 )
+
+
+@app.command()
+def repro(
+    report: Annotated[
+        Path, typer.Argument(help="A JSON report (--json) of a run that named a culprit.")
+    ],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the reproducer.")] = Path(
+        "envbisect-repro"
+    ),
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Rebuild both envs from the written files alone and run the probe: the "
+            "failing set must fail, the good set pass (else exit 6).",
+        ),
+    ] = False,
+    python: Annotated[
+        str | None,
+        typer.Option("--python", help="Python for --check's envs (default: the report's X.Y)."),
+    ] = None,
+) -> int:
+    """Write a minimal, self-contained reproducer of a finished run (for a bug report)."""
+    data = read_report(report)
+    written = write(data, directory)
+    say = console(stderr=True)
+    say.print(f"envbisect: wrote {', '.join(p.name for p in written)} to {directory}", markup=False)
+    if not check:
+        return int(ExitCode.OK)
+
+    def line(text: str) -> None:
+        say.print(text, markup=False)
+
+    if check_reproducer(directory, python or default_python(data["repro"]), line):
+        say.print("envbisect: reproduced: the failing set fails and the good set passes")
+        return int(ExitCode.OK)
+    say.print("envbisect: not reproduced from the written files alone (see above)")
+    return int(ExitCode.INCONSISTENT)
 
 
 def execute(options: Options) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from envbisect.isolation import isolated_environ
 from envbisect.masking import mask_urls
@@ -302,6 +302,11 @@ class Finding:
     slots: int = 1  #: P: how many probes could run at once
     rounds: int = 0  #: the search's rounds of trials (the sanity pair's included; 0: no search)
     flakiness: Flakiness | None = None  #: with --repeat K or --flaky: rates and confidence
+    #: How to run the probe by hand (see :meth:`~envbisect.probes.base.Probe.recipe`).
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    index: str | None = None  #: the package index the sets came from (masked); None: PyPI
+    find_links: tuple[str, ...] = ()  #: the run's --find-links directories
+    python: str = ""  #: the trial envs' interpreter (its executable)
 
 
 class Observer(Protocol):

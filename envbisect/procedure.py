@@ -435,6 +435,7 @@ class Procedure:
             slots=1 if self.probe.exclusive else self.options.jobs,
             rounds=self._search_rounds,
             flakiness=self._flakiness(evidence if culprits else None),
+            recipe=self.probe.recipe(),
             startup_hooks={
                 change.name: startup_hooks(self.wheels.wheel_for(change.bad))
                 for change in culprits

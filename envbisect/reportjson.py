@@ -13,9 +13,9 @@ from typing import Any
 from packaging.utils import NormalizedName
 
 from envbisect import __version__
-from envbisect.delta import Change, Delta
+from envbisect.delta import Change, Delta, Package
 from envbisect.masking import mask_urls, scrub
-from envbisect.model import Finding, Flakiness, Narrowing, Trial
+from envbisect.model import Finding, Flakiness, Narrowing, Trial, Verdict
 from envbisect.report import culprit_line, summary_line
 from envbisect.stacks import Stacks, ThreadStack
 from envbisect.startup import StartupHook
@@ -44,6 +44,7 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "slots": finding.slots,
         "rounds": finding.rounds,
         "flakiness": None if finding.flakiness is None else _flakiness_json(finding.flakiness),
+        "repro": _repro_json(finding),
         "seconds": round(finding.seconds, 3),
         "changes": {"total": len(delta.changes), **kinds},
         "changed_packages": [_change_json(change) for change in delta.changes],
@@ -57,6 +58,29 @@ def to_json(finding: Finding, exit_code: int) -> dict[str, Any]:
         "cleanup_errors": list(finding.cleanup_errors),
     }
     return scrub(report)
+
+
+def _repro_json(finding: Finding) -> dict[str, Any] | None:
+    """What ``envbisect repro`` needs: both sets as exact pins, the index, the probe."""
+    confirm = finding.evidence
+    if finding.verdict is not Verdict.CULPRIT_FOUND or confirm is None:
+        return None
+    delta = finding.delta
+    failing = delta.trial(confirm.changes)
+
+    def pins(packages: Mapping[NormalizedName, Package]) -> list[str]:
+        return [f"{p.display_name}=={p.version}" for _, p in sorted(packages.items())]
+
+    return {
+        "python": delta.markers.get("python_full_version", ""),
+        "python_executable": finding.python,
+        "good": pins(delta.good),
+        "failing": pins(failing),
+        "local": sorted(p.display_name for p in failing.values() if p.editable or p.local_changes),
+        "index": finding.index,
+        "find_links": list(finding.find_links),
+        "probe": dict(finding.recipe),
+    }
 
 
 def _flakiness_json(flakiness: Flakiness) -> dict[str, Any]:

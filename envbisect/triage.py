@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -95,7 +96,14 @@ def triage(options: Options, probe: Probe, observer: Observer) -> Finding:
         )
         finding = procedure.run()
     kept = run.workspace.root if options.keep_envs else None
-    return replace(finding, workspace=kept, cleanup_errors=tuple(run.cleanup_errors))
+    return replace(
+        finding,
+        workspace=kept,
+        cleanup_errors=tuple(run.cleanup_errors),
+        index=package_index(os.environ),
+        find_links=tuple(str(path) for path in options.find_links),
+        python=str(interpreter.executable),
+    )
 
 
 class Resources:
@@ -202,6 +210,14 @@ def summary(delta: Delta) -> str:
     counts = delta.counts()
     parts = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
     return f"{len(delta.changes)} changes between good and bad ({parts or 'none'})"
+
+
+def package_index(environ: Mapping[str, str]) -> str | None:
+    """The index the user's installer configuration names (masked), or None for PyPI."""
+    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
+        if environ.get(name):
+            return mask_urls(environ[name])
+    return None
 
 
 def _limit_settings(options: Options) -> dict[str, object]:

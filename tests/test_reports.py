@@ -53,6 +53,16 @@ FAILED = ProbeResult(
 EVERYTHING = frozenset(c.name for c in DELTA.changes)
 
 
+RECIPE = {
+    "kind": "consume",
+    "broker": "amqp://guest:***@127.0.0.1:5672/",
+    "worker_module": None,
+    "actor": "",
+    "args": [],
+    "kwargs": {},
+}
+
+
 def trial(index: int, phase: str, changes: set[str], result: ProbeResult, **kw: Any) -> Trial:
     return Trial(index, phase, frozenset(changes), result.outcome, (result,), 0.1, 0.1, 1.0, **kw)
 
@@ -93,6 +103,7 @@ def finding(verdict: Verdict, *, gate: bool, narrow: bool = False) -> Finding:
         workspace=None,
         narrowings=(narrowing,) if narrow else (),
         gate=gate,
+        recipe=RECIPE,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envbisect.limits import Limits
 from envbisect.masking import mask_urls
@@ -65,6 +65,10 @@ class Probe(ABC):
     @abstractmethod
     def settings(self) -> str:
         """What, besides the package set, decides the outcome (for the outcome cache)."""
+
+    def recipe(self) -> dict[str, Any]:
+        """How to run this probe by hand (``envbisect repro``), masked: no credential."""
+        return {"kind": self.kind}
 
     @property
     def exclusive(self) -> bool:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from envbisect.errors import InputError
 from envbisect.limits import Limits
@@ -39,6 +40,9 @@ class CommandProbe(Probe):
 
     def settings(self) -> str:
         return f"{self.describe()} cwd={self.cwd}"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "command": mask_urls(self.command)}
 
     @property
     def exclusive(self) -> bool:
@@ -136,6 +140,9 @@ class ImportProbe(CommandProbe):
 
     def describe(self) -> str:
         return f"import {', '.join(self.modules)}"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "modules": list(self.modules)}
 
     def argv(self, trial: TrialEnv) -> Sequence[str]:
         code = "; ".join(f"import {module}" for module in self.modules)

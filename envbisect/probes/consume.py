@@ -83,6 +83,18 @@ class ConsumeProbe(Probe):
         digest = hashlib.sha256(PROBE_MODULE.read_bytes()).hexdigest()[:12]
         return f"{self.describe()}{worker} server={self.broker.server} probe-module={digest}"
 
+    def recipe(self) -> dict[str, Any]:
+        worker = self.worker
+        return {
+            "kind": "consume-async" if self.asyncio else "consume",
+            # A private broker is gone with its run: the reproducer needs one of its own.
+            "broker": None if self.private else self.broker.masked,
+            "worker_module": None if worker is None else worker.module,
+            "actor": "" if worker is None else worker.actor,
+            "args": [] if worker is None else list(worker.args),
+            "kwargs": {} if worker is None else dict(worker.kwargs),
+        }
+
     def check(self) -> None:
         self.broker.check()
 
