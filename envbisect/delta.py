@@ -280,6 +280,54 @@ def unmet_requirements(
     return unmet
 
 
+def lockstep_moves(
+    package: Package, packages: Mapping[NormalizedName, Package], markers: Mapping[str, str]
+) -> dict[NormalizedName, str] | None:
+    """The companions ``package`` pins exactly (``core==2.0.1``) that ``packages`` hold at
+    another version, as name → pinned version; None when another of its requirements is
+    unmet (a range, a package not in the set): moving companions cannot meet it."""
+    moves: dict[NormalizedName, str] = {}
+    for requirement in _parse_requires(package.requires):
+        if not _applies(requirement.marker, markers, set()):
+            continue
+        name = canonicalize_name(requirement.name)
+        present = packages.get(name)
+        if present is not None and _satisfies(present.version, requirement):
+            continue
+        exact = [
+            spec.version
+            for spec in requirement.specifier
+            if spec.operator in ("==", "===") and "*" not in spec.version
+        ]
+        if present is None or len(exact) != 1:
+            return None
+        moves[name] = exact[0]
+    return moves
+
+
+def pins_exactly(package: Package, name: str, version: str, markers: Mapping[str, str]) -> bool:
+    """Whether ``package`` requires exactly ``name==version`` (a lockstep companion)."""
+    key = canonicalize_name(name)
+    return any(
+        canonicalize_name(requirement.name) == key
+        and _applies(requirement.marker, markers, set())
+        and [(s.operator, s.version) for s in requirement.specifier]
+        in ([("==", version)], [("===", version)])
+        for requirement in _parse_requires(package.requires)
+    )
+
+
+def all_unmet(
+    packages: Mapping[NormalizedName, Package], markers: Mapping[str, str]
+) -> set[tuple[NormalizedName, str]]:
+    """Every requirement of every package of the set that the set does not meet."""
+    return {
+        (package.name, unmet)
+        for package in packages.values()
+        for unmet in unmet_requirements(package, packages, markers)
+    }
+
+
 def dependency_edges(
     packages: Mapping[NormalizedName, Package],
     markers: Mapping[str, str],

@@ -189,6 +189,8 @@ class Tried:
     outcome: Outcome
     trial: int  #: the trial that tried it (for the ends: the search's own trials)
     detail: str = ""
+    #: Companions it pins exactly, tried at those versions with it (``lockstep-core 1.2``).
+    companions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,13 @@ class Narrowing:
     first_bad: str | None  #: the first that fails; None when it was not narrowed (see note)
     untestable: tuple[str, ...] = ()  #: between last_good and first_bad, could not be tried
     note: str = ""
+    #: The culprit it answers for, when that is a lockstep companion of :attr:`change`
+    #: (the wrapper's releases were narrowed for its core); None: :attr:`change` itself.
+    culprit: str | None = None
+
+    def answers(self, change: Change) -> bool:
+        """Whether this narrowing is the one of culprit ``change``."""
+        return change.name == (self.culprit or self.change.name)
 
     def describe(self) -> str:
         """E.g. ``first bad pika version: 0.13.1 (last good 1.0.0; 4 of 12 releases tried)``."""
@@ -209,6 +218,9 @@ class Narrowing:
         if self.first_bad is None:
             return f"{name}: versions not narrowed: {self.note}"
         head = f"first bad {name} version: {self.first_bad}"
+        first = next((t for t in self.tested if t.version == self.first_bad), None)
+        if first is not None and first.companions:
+            head += f" (with {', '.join(first.companions)})"
         between = len(self.versions) - 2
         if not between:
             return f"{head} (no release between it and {self.last_good})"

@@ -39,7 +39,7 @@ from envbisect.model import (
     Verdict,
     percent,
 )
-from envbisect.narrow import narrow
+from envbisect.narrow import lockstep_leader, narrow
 from envbisect.options import Options
 from envbisect.probes.base import Probe
 from envbisect.rounds import Rounds
@@ -316,6 +316,9 @@ class Procedure:
         if change.kind is not ChangeKind.VERSION:
             self.observer.say(f"not narrowed: {change.describe()} is not a version change")
             return None
+        leader = lockstep_leader(change, result.failing_set, self.delta)
+        if leader is not None and leader.name in result.culprits:
+            return None  # the leader's own narrowing moves this companion with it
         return narrow(
             change,
             result.failing_set,

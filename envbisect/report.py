@@ -221,7 +221,8 @@ def render(finding: Finding, console: Console) -> None:
             )
             chain = finding.delta.path_from_top(change.name)
             if chain:
-                console.print(Padding(_path_tree(chain, finding.delta.needs(change.name)), (0, 2)))
+                tree = _path_tree(chain, finding.delta.needs(change.name))
+                console.print(Padding(tree, (0, 0, 0, 2), expand=False))
             hooks = finding.startup_hooks.get(change.name, ())
             if hooks:
                 console.print(
@@ -229,7 +230,7 @@ def render(finding: Finding, console: Console) -> None:
                     + shown("; ".join(hook.describe() for hook in hooks))
                 )
             for narrowing in finding.narrowings:
-                if narrowing.change == change:
+                if narrowing.answers(change):
                     console.print("  [dim]narrowed:[/dim] " + shown(narrowing.describe()))
     else:
         console.print(f"[bold yellow]{shown(_headline(finding))}[/bold yellow]")

@@ -120,7 +120,7 @@ def _culprit_json(
     narrowings: Sequence[Narrowing],
     startup_hooks: Mapping[NormalizedName, Sequence[StartupHook]],
 ) -> dict[str, Any]:
-    narrowing = next((n for n in narrowings if n.change == change), None)
+    narrowing = next((n for n in narrowings if n.answers(change)), None)
     return {
         "name": change.display_name,
         "version": change.bad.version if change.bad else None,
@@ -160,7 +160,13 @@ def _narrowing_json(narrowing: Narrowing) -> dict[str, Any]:
         "last_good": narrowing.last_good,
         "versions": list(narrowing.versions),
         "tested": [
-            {"version": t.version, "outcome": t.outcome.value, "trial": t.trial, "detail": t.detail}
+            {
+                "version": t.version,
+                "outcome": t.outcome.value,
+                "trial": t.trial,
+                "detail": t.detail,
+                "companions": list(t.companions),
+            }
             for t in narrowing.tested
         ],
         "untestable": list(narrowing.untestable),

@@ -479,3 +479,57 @@ def test_a_gate_whose_candidate_passes_every_run_says_what_that_rules_out() -> N
     finding = procedure(runner, command="gate", repeat=20).run()
     assert finding.verdict is Verdict.PASS
     assert "passed all 20 runs: a failure rate above 14 % would have shown" in finding.note
+
+
+class LockstepWheels(FakeWheels):
+    """Releases of a wrapper, each pinning its core at the same version, and of the core;
+    ``ranged`` releases need a core range instead (no companion move meets it)."""
+
+    def __init__(self, releases: Sequence[str], ranged: Sequence[str] = ()) -> None:
+        super().__init__(releases)
+        self.ranged = set(ranged)
+
+    def fetch(self, pins: Sequence[str]) -> dict[NormalizedName, Package]:
+        fetched = {}
+        for pin in pins:
+            name, version = pin.split("==")
+            requires: tuple[str, ...] = ()
+            if canonicalize_name(name) == "wrapper":
+                need = ">=9" if version in self.ranged else f"=={version}"
+                requires = (f"core{need}",)
+            fetched[canonicalize_name(name)] = pkg(name, version, *requires)
+        return fetched
+
+
+def test_narrowing_moves_a_lockstep_companion_and_names_it() -> None:
+    good = {**GOOD, **side_of(pkg("wrapper", "1.0", "core==1.0"), pkg("core", "1.0"))}
+    bad = {**GOOD, **side_of(pkg("wrapper", "2.0", "core==2.0"), pkg("core", "2.0"))}
+    wheels = LockstepWheels(["1.0", "1.1", "1.2", "1.3", "2.0"], ranged=["1.2"])
+
+    def script(packages: Packages, _: int) -> Outcome:
+        version = packages[canonicalize_name("wrapper")].version
+        return Outcome.FAIL if version in ("1.3", "2.0") else Outcome.PASS
+
+    runner = ScriptedRunner(script)
+    finding = procedure(runner, good, bad, wheels, narrow=True).run()
+    assert finding.verdict is Verdict.CULPRIT_FOUND
+    (narrowing,) = finding.narrowings
+    assert narrowing.change.name == "wrapper"
+    assert (narrowing.last_good, narrowing.first_bad) == ("1.1", "1.3")
+    assert narrowing.untestable == ("1.2",)
+    tried = {t.version: t for t in narrowing.tested}
+    assert tried["1.3"].companions == ("core 1.3",)
+    assert tried["1.1"].outcome is Outcome.PASS and tried["1.1"].companions == ("core 1.1",)
+    # 1.2 needs a core range: no companion move meets it, so it stays untestable.
+    assert tried["1.2"].outcome is Outcome.SKIP and tried["1.2"].companions == ()
+    assert narrowing.describe().startswith("first bad wrapper version: 1.3 (with core 1.3)")
+    # Every probed set had the wrapper with the core it pins.
+    for request in runner.requests:
+        wrapper = request.packages[canonicalize_name("wrapper")]
+        assert request.packages[canonicalize_name("core")].version == wrapper.version
+    # The culprit is reported with it, whichever of the pair the search named.
+    assert all(narrowing.answers(change) for change in finding.culprits[:1])
+
+
+def side_of(*packages: Package) -> dict[NormalizedName, Package]:
+    return {p.name: p for p in packages}
