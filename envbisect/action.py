@@ -37,11 +37,15 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         base = environ.get("GITHUB_BASE_REF")
         if not base:
             return _fail(environ, "no baseline: set the baseline input, or run on a pull request")
+        if not Path(candidate).is_file():
+            return _fail(environ, f"candidate {candidate}: no such file in the checkout")
         try:
             baseline = str(_from_base_branch(candidate, base, workdir))
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or "").strip().splitlines()
             return _fail(environ, f"{candidate} on {base}: {detail[-1] if detail else exc}")
+        except OSError as exc:
+            return _fail(environ, f"{candidate} on {base}: {exc}")
         if Path(baseline).read_bytes() == Path(candidate).read_bytes():
             _outputs(environ, verdict=UNCHANGED, code=0, report="", summary="")
             print(f"envbisect: {candidate} is the same as on {base}: nothing to gate")

@@ -6,6 +6,7 @@ The JSON document is :mod:`envbisect.reportjson`'s. Every text shown is masked
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -71,6 +72,7 @@ class ConsoleObserver:
         self._planned = 0.0  #: when the first plan came (the estimate's clock)
         self._bound = 0
         self._done = 0
+        self._lock = threading.Lock()  #: trials finish in the runner's threads
 
     def __enter__(self) -> ConsoleObserver:
         return self
@@ -96,16 +98,21 @@ class ConsoleObserver:
             f"[{style}]{trial.outcome.value:<5}[/{style}] {trial.seconds:5.1f} s{cached}  "
             f"[dim]{shown(trial.result.detail)}[/dim]"
         )
-        self._done += 1
-        if self._live is not None:
-            self._bound = max(self._bound, self._done)
-            self._live.update(
-                self._task, completed=self._done, total=self._bound, left=self._left()
-            )
+        with self._lock:
+            self._done += 1
+            if self._live is not None:
+                self._bound = max(self._bound, self._done)
+                self._live.update(
+                    self._task, completed=self._done, total=self._bound, left=self._left()
+                )
 
     def plan(self, phase: Phase, bound: int, in_play: int) -> None:
         if self.quiet or not self.console.is_terminal:
             return
+        with self._lock:
+            self._plan(phase, bound, in_play)
+
+    def _plan(self, phase: Phase, bound: int, in_play: int) -> None:
         if self._live is None:
             self._planned = time.monotonic()
             self._live = Progress(

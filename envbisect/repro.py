@@ -43,6 +43,15 @@ def _template(name: str) -> str:
 
 def write(report: Mapping[str, Any], directory: Path) -> list[Path]:
     """Write the reproducer of ``report`` into ``directory``; the files written."""
+    try:
+        return _write(report, directory)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"not a complete envbisect report: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"--dir {directory}: {exc.strerror or exc}") from exc
+
+
+def _write(report: Mapping[str, Any], directory: Path) -> list[Path]:
     recipe = report.get("repro")
     if report.get("verdict") != "culprit-found" or not isinstance(recipe, dict):
         raise InputError("the report names no culprit: nothing to reproduce")

@@ -140,3 +140,28 @@ def test_a_passing_gate_posts_nothing_and_an_unchanged_file_is_not_gated(
     code, outputs, asked = run_step(tmp_path / "again", unchanged, cache_dir)
     assert (code, outputs["verdict"], outputs["exit-code"]) == (0, "unchanged", "0")
     assert not asked.exists()
+
+
+def test_a_missing_candidate_is_one_line_and_an_error_output(tmp_path: Path) -> None:
+    outputs = tmp_path / "github-output"
+    environ = {
+        **os.environ,
+        "RUNNER_TEMP": str(tmp_path),
+        "GITHUB_BASE_REF": "main",
+        "GITHUB_OUTPUT": str(outputs),
+        "INPUT_CANDIDATE": "no-such.lock",
+    }
+    step = subprocess.run(
+        [sys.executable, "-m", "envbisect.action"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert step.returncode == 2
+    assert step.stderr.strip() == (
+        "envbisect: error: candidate no-such.lock: no such file in the checkout"
+    )
+    values = dict(line.split("=", 1) for line in outputs.read_text().splitlines())
+    assert (values["verdict"], values["exit-code"]) == ("error", "2")

@@ -102,3 +102,9 @@ def test_a_report_without_a_culprit_is_bad_input(
     )
     (tmp_path / "garbage.json").write_text("{")
     assert main(["repro", str(tmp_path / "garbage.json")]) == ExitCode.USAGE
+    incomplete = tmp_path / "incomplete.json"
+    incomplete.write_text(json.dumps({"verdict": "culprit-found", "repro": {"probe": {}}}))
+    capsys.readouterr()
+    assert main(["repro", str(incomplete), "--dir", str(tmp_path / "out")]) == ExitCode.USAGE
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("envbisect: error: not a complete envbisect report: KeyError")
